@@ -1,0 +1,1 @@
+"""Tools for local runs and tests: starting the embedded broker and Redis."""

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class EventsourcingAppConfig(AppConfig):
+    name = "eventsourcing_app"
+    verbose_name = "Event store"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,50 @@
+"""The aggregate interface of the guide: events are raised, applied, saved and replayed."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from .events import DomainEvent
+
+
+class EventSourcedAggregate:
+    """An aggregate whose state is the sum of its events.
+
+    `version` counts the events already stored; events raised since the last save are
+    pending (`get_domain_events`) until the repository stores them and clears them.
+    Subclasses set `aggregate_type` (the stream id prefix) and implement `apply_event`.
+    """
+
+    aggregate_type: ClassVar[str] = ""
+
+    def __init__(self, id: str) -> None:
+        self.id = id
+        self._version = 0
+        self._pending_events: list[DomainEvent] = []
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def stream_id(self) -> str:
+        return f"{self.aggregate_type}.{self.id}"
+
+    def has_uncommitted_events(self) -> bool:
+        return bool(self._pending_events)
+
+    def get_domain_events(self) -> list[DomainEvent]:
+        return list(self._pending_events)
+
+    def clear_domain_events(self) -> None:
+        self._pending_events.clear()
+
+    def increment_version(self) -> None:
+        self._version += 1
+
+    def apply_event(self, event: DomainEvent) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not apply {event.event_type}")
+
+    def _raise_event(self, event: DomainEvent) -> None:
+        """Applies a new event to the state and keeps it for the next save."""
+        self.apply_event(event)
+        self._pending_events.append(event)

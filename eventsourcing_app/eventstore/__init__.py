@@ -1,0 +1,27 @@
+"""The event store's public API (see the guide, section 1)."""
+from .errors import (
+    ConcurrencyError,
+    DuplicateEventError,
+    EventSerializationError,
+    EventStoreError,
+    EventTooLargeError,
+    ImmutableEventError,
+    InvalidStreamIdError,
+    KafkaTopicError,
+    MalformedEventError,
+    UnknownEventTypeError,
+    UnknownStreamTypeError,
+)
+from .factory import build_event_store, get_event_store
+from .health import check_event_store_health
+from .records import AppendResult, EventMetadata, ExpectedVersion, KafkaPosition, StoredEvent
+from .serialization import deserialize_event, registry
+from .store import EventStore
+
+__all__ = [
+    "AppendResult", "ConcurrencyError", "DuplicateEventError", "EventMetadata", "EventSerializationError",
+    "EventStore", "EventStoreError", "EventTooLargeError", "ExpectedVersion", "ImmutableEventError",
+    "InvalidStreamIdError", "KafkaPosition", "KafkaTopicError", "MalformedEventError", "StoredEvent",
+    "UnknownEventTypeError", "UnknownStreamTypeError", "build_event_store", "check_event_store_health",
+    "deserialize_event", "get_event_store", "registry",
+]

@@ -1,0 +1,54 @@
+"""What can go wrong in the event store. Each message says what was wrong and what to do."""
+from __future__ import annotations
+
+
+class EventStoreError(Exception):
+    """Base of every event store error."""
+
+
+class ConcurrencyError(EventStoreError):
+    """The stream moved on since the caller read it (optimistic concurrency)."""
+
+    def __init__(self, stream_id: str, expected: object, actual: int):
+        self.stream_id = stream_id
+        self.expected_version = expected
+        self.actual_version = actual
+        super().__init__(
+            f"stream {stream_id} expected version {expected}, actual {actual}: reload the stream and retry"
+        )
+
+
+class DuplicateEventError(EventStoreError):
+    """An event id is already stored at another place than the one asked for."""
+
+
+class InvalidStreamIdError(EventStoreError, ValueError):
+    pass
+
+
+class UnknownStreamTypeError(EventStoreError):
+    pass
+
+
+class UnknownEventTypeError(EventStoreError):
+    pass
+
+
+class EventSerializationError(EventStoreError, TypeError):
+    """An event cannot be written as JSON (a field of an unsupported type)."""
+
+
+class MalformedEventError(EventStoreError, ValueError):
+    """A stored or received event cannot be read back into its class."""
+
+
+class EventTooLargeError(EventStoreError):
+    pass
+
+
+class ImmutableEventError(EventStoreError):
+    """Something tried to change or delete a stored event."""
+
+
+class KafkaTopicError(EventStoreError):
+    """A topic is missing or does not have the provisioned partition count."""

@@ -1,0 +1,90 @@
+"""The records the store hands out: expected-version constants, metadata, stored events."""
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class ExpectedVersion(enum.IntEnum):
+    """Named expectations, as in KurrentDB; an exact int means "the stream is at this version".
+
+    `NO_STREAM` is the same as the exact version 0: the stream has no events yet.
+    """
+
+    ANY = -2
+    NO_STREAM = -1
+    STREAM_EXISTS = -4
+
+    @classmethod
+    def describe(cls, expected: int) -> str:
+        try:
+            return cls(expected).name
+        except ValueError:
+            return str(expected)
+
+
+@dataclass(frozen=True, slots=True)
+class EventMetadata:
+    event_id: str
+    stream_id: str
+    event_type: str
+    version: int
+    timestamp: datetime
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    schema_version: int = 1
+    actor: str | None = None
+    global_position: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaPosition:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event as stored: its metadata, the exact payload bytes, and its chain hash."""
+
+    metadata: EventMetadata
+    payload: bytes
+    chain_hash: bytes = b""
+    kafka_position: KafkaPosition | None = None
+    _data_cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def event_type(self) -> str:
+        return self.metadata.event_type
+
+    @property
+    def version(self) -> int:
+        return self.metadata.version
+
+    @property
+    def event_id(self) -> str:
+        return self.metadata.event_id
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The payload parsed as JSON (cached)."""
+        if "data" not in self._data_cache:
+            self._data_cache["data"] = json.loads(self.payload)
+        return self._data_cache["data"]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    stream_id: str
+    first_version: int
+    last_version: int
+    global_positions: tuple[int, ...]
+    idempotent: bool = False
+
+    @property
+    def next_expected_version(self) -> int:
+        return self.last_version

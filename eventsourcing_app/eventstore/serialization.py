@@ -1,0 +1,226 @@
+"""Turning domain events into stored bytes and back.
+
+- Stream ids are `{aggregate_type}.{aggregate_id}` with a limited charset and length.
+- The payload is the event's data as canonical JSON (sorted keys, no spaces, UTF-8); the
+  metadata travels beside it (mirror columns, Kafka headers).
+- The event type registry is the domain's list of event classes (type name + schema
+  version) plus upcasters: a stored event of an older schema version is lifted step by step
+  to the newest class on load, either by a registered dict upcaster or by the newer class's
+  `from_v<n>(old_event)` classmethod (the guide's pattern).
+"""
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import enum
+import json
+import re
+import typing
+import uuid
+from datetime import date, datetime, timezone
+from functools import lru_cache
+from typing import Any, Callable
+
+from ..domain.events import DomainEvent, event_classes
+from .errors import (
+    EventSerializationError,
+    InvalidStreamIdError,
+    MalformedEventError,
+    UnknownEventTypeError,
+)
+from .records import StoredEvent
+
+STREAM_ID_MAX_LENGTH = 200
+_STREAM_ID = re.compile(r"(?P<type>[a-z][a-z0-9_]{0,39})\.(?P<id>[A-Za-z0-9][A-Za-z0-9_\-]*)")
+
+
+def parse_stream_id(stream_id: object) -> tuple[str, str]:
+    """Returns (aggregate_type, aggregate_id) or raises InvalidStreamIdError."""
+    if not isinstance(stream_id, str):
+        raise InvalidStreamIdError(f"stream id must be a string like 'child.child-123', not {type(stream_id).__name__}")
+    if len(stream_id) > STREAM_ID_MAX_LENGTH:
+        raise InvalidStreamIdError(
+            f"stream id {stream_id[:40]!r}... is {len(stream_id)} characters long; the limit is {STREAM_ID_MAX_LENGTH}"
+        )
+    match = _STREAM_ID.fullmatch(stream_id)
+    if match is None:
+        raise InvalidStreamIdError(
+            f"stream id {stream_id!r} is not of the form '{{aggregate_type}}.{{aggregate_id}}': the type is "
+            "lower-case letters, digits and '_'; the id is letters, digits, '-' and '_' (e.g. 'child.child-123')"
+        )
+    return match.group("type"), match.group("id")
+
+
+# --- JSON encoding -----------------------------------------------------------------
+
+def _to_json_value(value: Any, path: str) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise EventSerializationError(f"field {path} is {value!r}, which JSON cannot hold")
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise EventSerializationError(f"field {path} is a naive datetime; give it a time zone (UTC)")
+        return value.astimezone(timezone.utc).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _to_json_value(value.value, path)
+    if isinstance(value, (list, tuple)):
+        return [_to_json_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EventSerializationError(f"field {path} has a key {key!r} that is not a string")
+            out[key] = _to_json_value(item, f"{path}.{key}")
+        return out
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_json_value(getattr(value, f.name), f"{path}.{f.name}") for f in dataclasses.fields(value)}
+    raise EventSerializationError(
+        f"field {path} holds a {type(value).__module__}.{type(value).__qualname__}, which cannot be stored as JSON; "
+        "use str, int, float, bool, None, datetime, date, UUID, Decimal, Enum, list, dict or a dataclass"
+    )
+
+
+def encode_payload(event: DomainEvent) -> bytes:
+    """The event's data as canonical JSON bytes."""
+    data = {name: _to_json_value(value, f"{event.event_type}.{name}") for name, value in event.data().items()}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# --- Decoding and upcasting ----------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _field_converters(cls: type) -> dict[str, Callable[[Any], Any]]:
+    """Per field, a function that turns its JSON value back into the declared Python type."""
+    hints = typing.get_type_hints(cls)
+    converters: dict[str, Callable[[Any], Any]] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints.get(f.name)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        target = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+        if target is datetime:
+            converters[f.name] = lambda v: v if v is None or isinstance(v, datetime) else datetime.fromisoformat(v)
+        elif target is date:
+            converters[f.name] = lambda v: v if v is None or isinstance(v, date) else date.fromisoformat(v)
+        elif target is uuid.UUID:
+            converters[f.name] = lambda v: v if v is None else uuid.UUID(str(v))
+        elif target is decimal.Decimal:
+            converters[f.name] = lambda v: v if v is None else decimal.Decimal(str(v))
+        elif isinstance(target, type) and issubclass(target, enum.Enum):
+            converters[f.name] = lambda v, t=target: v if v is None else t(v)
+        elif isinstance(target, type) and issubclass(target, str) and target is not str:
+            converters[f.name] = lambda v, t=target: v if v is None else t(v)
+    return converters
+
+
+class EventTypeRegistry:
+    """Event classes by (type name, schema version), and the upcasters between versions."""
+
+    def __init__(self) -> None:
+        self._upcasters: dict[tuple[str, int], Callable[[dict], dict]] = {}
+
+    def upcaster(self, event_type: str, from_version: int) -> Callable[[Callable[[dict], dict]], Callable[[dict], dict]]:
+        """Registers `fn(data_at_from_version) -> data_at_from_version_plus_1`."""
+
+        def register(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+            self._upcasters[(event_type, from_version)] = fn
+            return fn
+
+        return register
+
+    def current_version(self, event_type: str) -> int:
+        versions = event_classes().get(event_type)
+        if not versions:
+            raise UnknownEventTypeError(self._unknown_message(event_type))
+        return max(versions)
+
+    def class_for(self, event_type: str, schema_version: int) -> type[DomainEvent] | None:
+        return event_classes().get(event_type, {}).get(schema_version)
+
+    def ensure_writable(self, event: object) -> type[DomainEvent]:
+        """Refuses anything that is not the newest registered class of its type."""
+        if not isinstance(event, DomainEvent):
+            raise UnknownEventTypeError(
+                f"{event!r} is a {type(event).__name__}, not a DomainEvent; only domain events can be appended"
+            )
+        cls = type(event)
+        if self.class_for(cls.event_type, cls.schema_version) is not cls:
+            raise UnknownEventTypeError(f"{cls.__qualname__} is not registered as {cls.event_type} v{cls.schema_version}")
+        return cls
+
+    def decode(self, stored: StoredEvent) -> DomainEvent:
+        meta = stored.metadata
+        where = f"stream {meta.stream_id} version {meta.version} ({meta.event_type} v{meta.schema_version})"
+        versions = event_classes().get(meta.event_type)
+        if not versions:
+            raise UnknownEventTypeError(f"{where}: " + self._unknown_message(meta.event_type))
+        target = max(versions)
+        if meta.schema_version > target:
+            raise UnknownEventTypeError(
+                f"{where}: written with schema version {meta.schema_version}, newer than this code knows ({target}); "
+                "deploy the code that defines it"
+            )
+        try:
+            data = json.loads(stored.payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedEventError(f"{where}: payload is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise MalformedEventError(f"{where}: payload is a JSON {type(data).__name__}, expected an object")
+
+        # Lift the stored shape one schema version at a time, as a dict or as an object.
+        version = meta.schema_version
+        event: DomainEvent | None = None
+        while version < target:
+            step = self._upcasters.get((meta.event_type, version))
+            newer = versions.get(version + 1)
+            lift = getattr(newer, f"from_v{version}", None) if newer is not None else None
+            if step is not None:
+                data = step(dict(data) if event is None else event.data())
+                event = None
+            elif lift is not None and version in versions:
+                if event is None:
+                    event = self._instantiate(versions[version], data, meta, where)
+                event = lift(event)
+                event.event_id, event.occurred_at = meta.event_id, meta.timestamp
+            else:
+                raise UnknownEventTypeError(
+                    f"{where}: no upcaster from schema version {version} to {version + 1}; register one "
+                    f"with @registry.upcaster({meta.event_type!r}, from_version={version}) or give the "
+                    f"newer class a from_v{version} classmethod"
+                )
+            version += 1
+        return event if event is not None else self._instantiate(versions[target], data, meta, where)
+
+    @staticmethod
+    def _instantiate(cls: type[DomainEvent], data: dict, meta, where: str) -> DomainEvent:
+        expected = set(cls.data_field_names())
+        unknown = set(data) - expected
+        if unknown:
+            raise MalformedEventError(f"{where}: payload has fields {sorted(unknown)} that {cls.__qualname__} does not define")
+        converters = _field_converters(cls)
+        try:
+            values = {name: converters[name](value) if name in converters else value for name, value in data.items()}
+            return cls(event_id=meta.event_id, occurred_at=meta.timestamp, **values)
+        except (TypeError, ValueError, decimal.InvalidOperation) as exc:
+            raise MalformedEventError(f"{where}: payload does not fit {cls.__qualname__} ({exc})") from None
+
+    @staticmethod
+    def _unknown_message(event_type: str) -> str:
+        return (
+            f"unknown event type {event_type!r}: no DomainEvent subclass defines it; "
+            "import the module that defines it before loading"
+        )
+
+
+registry = EventTypeRegistry()
+
+
+def deserialize_event(stored_event: StoredEvent) -> DomainEvent:
+    """The domain event of a stored event, upcast to the newest schema version."""
+    return registry.decode(stored_event)

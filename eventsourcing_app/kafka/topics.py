@@ -1,0 +1,86 @@
+"""Creating and checking the event store's topics.
+
+Topics are created here, never by producing: a producer that auto-creates a topic gives it
+the broker's default partition count, which silently moves keys to other partitions.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ..eventstore.errors import KafkaTopicError
+from .config import KafkaSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    topic: str
+    action: str  # "created", "exists", "mismatch"
+    partitions: int
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.action:8} {self.topic} ({self.partitions} partitions){' - ' + self.detail if self.detail else ''}"
+
+
+def _event_topic_configs(settings: KafkaSettings) -> dict[str, str]:
+    configs = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}
+    if settings.replication_factor > 1:
+        configs["min.insync.replicas"] = str(min(2, settings.replication_factor))
+    return configs
+
+
+def provision_topics(settings: KafkaSettings, timeout: float = 15.0) -> list[TopicReport]:
+    """Creates missing topics and reports existing ones; idempotent."""
+    admin = AdminClient(settings.admin_config())
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise KafkaTopicError(
+            f"cannot reach Kafka at {settings.bootstrap_servers} to provision topics ({exc}); "
+            "check KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
+        ) from None
+    reports: list[TopicReport] = []
+    to_create: list[NewTopic] = []
+    for topic in settings.event_topics().values():
+        meta = existing.get(topic)
+        if meta is None or meta.error is not None:
+            to_create.append(NewTopic(topic, num_partitions=settings.partitions,
+                                      replication_factor=settings.replication_factor,
+                                      config=_event_topic_configs(settings)))
+            continue
+        count = len(meta.partitions)
+        if count == settings.partitions:
+            reports.append(TopicReport(topic, "exists", count))
+        else:
+            reports.append(TopicReport(topic, "mismatch", count,
+                                       f"expected {settings.partitions}; keys would move to other partitions"))
+    if to_create:
+        for topic, future in admin.create_topics(to_create, operation_timeout=timeout).items():
+            try:
+                future.result(timeout=timeout)
+                reports.append(TopicReport(topic, "created", settings.partitions))
+            except KafkaException as exc:
+                if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                    reports.append(TopicReport(topic, "exists", settings.partitions, "created concurrently"))
+                else:
+                    raise KafkaTopicError(f"could not create topic {topic}: {exc}") from None
+    for report in reports:
+        logger.log(logging.DEBUG if report.action == "exists" else logging.INFO, "topic %s", report)
+    return sorted(reports, key=lambda r: r.topic)
+
+
+def check_topics(settings: KafkaSettings, timeout: float = 10.0) -> None:
+    """Provisions missing topics; refuses to go on if a topic has another partition count."""
+    mismatches = [r for r in provision_topics(settings, timeout) if r.action == "mismatch"]
+    if mismatches:
+        raise KafkaTopicError(
+            "refusing to publish: " + "; ".join(f"{r.topic} has {r.partitions} partitions, {r.detail}" for r in mismatches)
+            + ". Recreate the topic with the provisioned count (and refill it with `manage.py refill_kafka`) "
+            "or set KAFKA_TOPIC_PARTITIONS to match."
+        )

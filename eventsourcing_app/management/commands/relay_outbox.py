@@ -1,0 +1,34 @@
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from eventsourcing_app.eventstore import get_event_store
+from eventsourcing_app.operations.relay import KafkaUnavailableError, relay_outbox
+
+
+class Command(BaseCommand):
+    help = "Publishes every committed event that Kafka has not acknowledged yet, in per-stream order."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--grace", type=float, default=0.0,
+                            help="leave events younger than this many seconds to their own publisher (default 0)")
+        parser.add_argument("--batch-size", type=int, default=settings.EVENTSTORE["RELAY_BATCH_SIZE"])
+        parser.add_argument("--loop", action="store_true", help="keep relaying every second until interrupted")
+
+    def handle(self, *args, grace, batch_size, loop, **options):
+        if batch_size < 1:
+            raise CommandError("--batch-size must be 1 or more")
+        store = get_event_store()
+        while True:
+            try:
+                report = relay_outbox(store, grace_seconds=grace, batch_size=batch_size,
+                                      progress=lambda r: self.stdout.write(f"  ... {r}"))
+            except KafkaUnavailableError as exc:
+                raise CommandError(str(exc)) from None
+            self.stdout.write(str(report))
+            if not loop:
+                if report.remaining:
+                    raise CommandError(f"{report.remaining} events are still unpublished; see the log for why")
+                return
+            time.sleep(1.0)

@@ -1,0 +1,32 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from eventsourcing_app.eventstore import EventStoreError
+from eventsourcing_app.kafka.config import KafkaSettings
+from eventsourcing_app.operations.verify import verify_integrity
+
+
+class Command(BaseCommand):
+    help = ("Recomputes the hash chains of one stream (or all) and compares the mirror with the Kafka copy; "
+            "names the first stream and version that differ.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("stream", nargs="?", help="a stream id such as child.child-123 (default: every stream)")
+        parser.add_argument("--no-kafka", action="store_true", help="check the hash chains only")
+
+    def handle(self, *args, stream, no_kafka, **options):
+        kafka = None if no_kafka else KafkaSettings.from_django()
+        try:
+            report = verify_integrity(stream, kafka_settings=kafka, progress=lambda r: self.stdout.write(
+                f"  ... {r.streams} streams, {r.events} events checked"))
+        except EventStoreError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"{report.streams} streams, {report.events} events: hash chains "
+                          f"{'OK' if not report.chain_breaks else f'BROKEN in {len(report.chain_breaks)} stream(s)'}")
+        if kafka is not None:
+            self.stdout.write(f"Kafka copy: {report.kafka_checked} events compared, "
+                              f"{len(report.kafka_differences)} differ, {report.unpublished} not yet published")
+        for problem in (report.chain_breaks + report.kafka_differences)[:20]:
+            self.stdout.write(f"  {problem}")
+        if not report.ok:
+            raise CommandError(f"integrity check failed; first difference: {report.first_problem}")
+        self.stdout.write(self.style.SUCCESS("integrity verified"))

@@ -1,0 +1,56 @@
+# The mirror tables: streams and events.
+
+import django.db.models.deletion
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+
+    initial = True
+
+    dependencies = [
+    ]
+
+    operations = [
+        migrations.CreateModel(
+            name='Stream',
+            fields=[
+                ('stream_id', models.CharField(max_length=200, primary_key=True, serialize=False)),
+                ('stream_type', models.CharField(db_index=True, max_length=40)),
+                ('version', models.BigIntegerField(default=0, help_text='Version of the last event (0: no events).')),
+                ('published_version', models.BigIntegerField(default=0, help_text='Every event up to this version is acknowledged by Kafka.')),
+                ('last_hash', models.BinaryField(help_text='Chain hash of the last event.', max_length=32)),
+                ('created_at', models.DateTimeField()),
+                ('updated_at', models.DateTimeField(help_text='When the last event was appended.')),
+            ],
+            options={
+                'db_table': 'eventstore_stream',
+                'indexes': [models.Index(condition=models.Q(('version__gt', models.F('published_version'))), fields=['stream_id'], name='eventstore_stream_unpublished')],
+            },
+        ),
+        migrations.CreateModel(
+            name='Event',
+            fields=[
+                ('position', models.BigAutoField(help_text='Global sequence (may have gaps).', primary_key=True, serialize=False)),
+                ('event_id', models.UUIDField(unique=True)),
+                ('version', models.BigIntegerField()),
+                ('event_type', models.CharField(db_index=True, max_length=200)),
+                ('schema_version', models.PositiveSmallIntegerField()),
+                ('occurred_at', models.DateTimeField()),
+                ('correlation_id', models.CharField(blank=True, db_index=True, max_length=100, null=True)),
+                ('causation_id', models.CharField(blank=True, db_index=True, max_length=100, null=True)),
+                ('actor', models.CharField(blank=True, max_length=200, null=True)),
+                ('payload', models.BinaryField()),
+                ('chain_hash', models.BinaryField(max_length=32)),
+                ('kafka_topic', models.CharField(blank=True, max_length=249, null=True)),
+                ('kafka_partition', models.IntegerField(blank=True, null=True)),
+                ('kafka_offset', models.BigIntegerField(blank=True, null=True)),
+                ('published_at', models.DateTimeField(blank=True, null=True)),
+                ('stream', models.ForeignKey(db_column='stream_id', on_delete=django.db.models.deletion.PROTECT, related_name='events', to='eventsourcing_app.stream')),
+            ],
+            options={
+                'db_table': 'eventstore_event',
+                'constraints': [models.UniqueConstraint(fields=('stream', 'version'), name='eventstore_event_stream_version')],
+            },
+        ),
+    ]

@@ -1,0 +1,93 @@
+"""The mirror: streams and their immutable events, as Django models.
+
+The mirror is the index for aggregate loads, the optimistic-concurrency guard (unique
+stream + version, the stream row locked while appending), the outbox (events above a
+stream's `published_version` are still to be published) and what the admin browses.
+
+Event rows never change once written, except for the Kafka position columns that record
+where the event was published. A database trigger enforces this (see migrations), and the
+ORM refuses too.
+"""
+from __future__ import annotations
+
+from django.db import models
+
+from .eventstore.errors import ImmutableEventError
+
+PUBLICATION_FIELDS = frozenset({"kafka_topic", "kafka_partition", "kafka_offset", "published_at"})
+
+
+class Stream(models.Model):
+    stream_id = models.CharField(max_length=200, primary_key=True)
+    stream_type = models.CharField(max_length=40, db_index=True)
+    version = models.BigIntegerField(default=0, help_text="Version of the last event (0: no events).")
+    published_version = models.BigIntegerField(
+        default=0, help_text="Every event up to this version is acknowledged by Kafka."
+    )
+    last_hash = models.BinaryField(max_length=32, help_text="Chain hash of the last event.")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField(help_text="When the last event was appended.")
+
+    class Meta:
+        db_table = "eventstore_stream"
+        indexes = [
+            models.Index(
+                fields=["stream_id"],
+                name="eventstore_stream_unpublished",
+                condition=models.Q(version__gt=models.F("published_version")),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stream_id} (v{self.version})"
+
+
+class EventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        changed = set(kwargs) - PUBLICATION_FIELDS
+        if changed:
+            raise ImmutableEventError(
+                f"stored events are immutable: refusing to change {sorted(changed)}; append a new event instead"
+            )
+        return super().update(**kwargs)
+
+    def delete(self):
+        raise ImmutableEventError("stored events are immutable and cannot be deleted")
+
+    delete.queryset_only = True
+
+
+class Event(models.Model):
+    position = models.BigAutoField(primary_key=True, help_text="Global sequence (may have gaps).")
+    event_id = models.UUIDField(unique=True)
+    stream = models.ForeignKey(Stream, on_delete=models.PROTECT, db_column="stream_id", related_name="events")
+    version = models.BigIntegerField()
+    event_type = models.CharField(max_length=200, db_index=True)
+    schema_version = models.PositiveSmallIntegerField()
+    occurred_at = models.DateTimeField()
+    correlation_id = models.CharField(max_length=100, null=True, blank=True, db_index=True)
+    causation_id = models.CharField(max_length=100, null=True, blank=True, db_index=True)
+    actor = models.CharField(max_length=200, null=True, blank=True)
+    payload = models.BinaryField()
+    chain_hash = models.BinaryField(max_length=32)
+    kafka_topic = models.CharField(max_length=249, null=True, blank=True)
+    kafka_partition = models.IntegerField(null=True, blank=True)
+    kafka_offset = models.BigIntegerField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    objects = EventQuerySet.as_manager()
+
+    class Meta:
+        db_table = "eventstore_event"
+        constraints = [
+            models.UniqueConstraint(fields=["stream", "version"], name="eventstore_event_stream_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stream_id} v{self.version} {self.event_type}"
+
+    def save(self, *args, **kwargs):
+        raise ImmutableEventError("events are written only by the event store (append_events), never saved directly")
+
+    def delete(self, *args, **kwargs):
+        raise ImmutableEventError("stored events are immutable and cannot be deleted")

@@ -1,0 +1,73 @@
+"""Correlation ids for logs and event metadata, carried through a request or task.
+
+A request may send `X-Correlation-ID`; otherwise one is made. Log records carry it as
+`correlation_id`, and the event store puts it on every event appended in that context.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+_correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
+_causation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("causation_id", default=None)
+_actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("actor", default=None)
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
+
+
+def current_correlation_id() -> str | None:
+    return _correlation_id.get()
+
+
+def current_causation_id() -> str | None:
+    return _causation_id.get()
+
+
+def current_actor() -> str | None:
+    return _actor.get()
+
+
+@contextmanager
+def event_context(
+    *, correlation_id: str | None = None, causation_id: str | None = None, actor: str | None = None
+) -> Iterator[None]:
+    """Sets the correlation id, causation id and actor for the events appended inside."""
+    tokens = []
+    if correlation_id is not None:
+        tokens.append((_correlation_id, _correlation_id.set(correlation_id)))
+    if causation_id is not None:
+        tokens.append((_causation_id, _causation_id.set(causation_id)))
+    if actor is not None:
+        tokens.append((_actor, _actor.set(actor)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+class CorrelationIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = _correlation_id.get() or "-"
+        return True
+
+
+class CorrelationIdMiddleware:
+    """Takes the caller's X-Correlation-ID (if well-formed) or makes one, and echoes it back."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.headers.get("X-Correlation-ID", "")
+        correlation_id = incoming if _SAFE_ID.fullmatch(incoming) else str(uuid.uuid4())
+        user = getattr(request, "user", None)
+        actor = f"user:{user.pk}" if user is not None and user.is_authenticated else None
+        with event_context(correlation_id=correlation_id, actor=actor):
+            response = self.get_response(request)
+        response["X-Correlation-ID"] = correlation_id
+        return response

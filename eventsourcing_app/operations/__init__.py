@@ -1,0 +1,1 @@
+"""Operations on the store as a whole (relay, refill, verification); commands and tasks call these."""

@@ -1,0 +1,161 @@
+"""Verifying the audit trail: the hash chains of the mirror, and the mirror against Kafka.
+
+`verify_integrity()` recomputes every stream's chain from its first event (one ordered pass
+over the events table), checks the stream rows agree with their last event, and compares
+each published event with the Kafka record at its recorded position. It names the first
+stream and version that differ.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from confluent_kafka import KafkaException
+
+from ..eventstore.integrity import ChainBreak, verify_chain
+from ..eventstore.recorders import _LOAD_COLUMNS, _row_to_stored
+from ..eventstore.records import StoredEvent
+from ..eventstore.serialization import parse_stream_id
+from ..kafka.config import KafkaSettings
+from ..kafka.reader import scan_partition, stored_event_from_message
+from ..models import Event, Stream
+
+
+@dataclass
+class Difference:
+    stream_id: str
+    version: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"stream {self.stream_id} version {self.version}: {self.reason}"
+
+
+@dataclass
+class VerificationReport:
+    streams: int = 0
+    events: int = 0
+    chain_breaks: list[ChainBreak | Difference] = field(default_factory=list)
+    kafka_differences: list[Difference] = field(default_factory=list)
+    unpublished: int = 0
+    kafka_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.chain_breaks and not self.kafka_differences
+
+    @property
+    def first_problem(self) -> ChainBreak | Difference | None:
+        problems = sorted(self.chain_breaks + self.kafka_differences, key=lambda p: (p.stream_id, p.version))
+        return problems[0] if problems else None
+
+
+def verify_integrity(stream_id: str | None = None, *, kafka_settings: KafkaSettings | None = None,
+                     progress: Callable[[VerificationReport], None] | None = None) -> VerificationReport:
+    """Checks one stream, or every stream; compares with Kafka when `kafka_settings` is given."""
+    report = VerificationReport()
+    events = Event.objects.order_by("stream_id", "version")
+    streams = Stream.objects.all()
+    if stream_id is not None:
+        parse_stream_id(stream_id)
+        events, streams = events.filter(stream_id=stream_id), streams.filter(stream_id=stream_id)
+    rows = events.values_list("stream_id", *_LOAD_COLUMNS).iterator(chunk_size=5000)
+    grouped = itertools.groupby((_row_to_stored(row[0], row[1:]) for row in rows), key=lambda e: e.metadata.stream_id)
+    batch: list[tuple[str, list[StoredEvent]]] = []
+    for sid, stream_events in grouped:
+        batch.append((sid, list(stream_events)))
+        if len(batch) >= 500:
+            _check_streams(batch, report)
+            batch = []
+            if progress:
+                progress(report)
+    _check_streams(batch, report)
+    # A stream row that claims events none of which exist any more.
+    for sid, version in streams.filter(version__gt=0, events__isnull=True).values_list("stream_id", "version"):
+        report.chain_breaks.append(Difference(sid, 1, f"stream row says version {version}, but no event is stored"))
+    if kafka_settings is not None:
+        _compare_with_kafka(kafka_settings, stream_id, report)
+    if progress:
+        progress(report)
+    return report
+
+
+def _check_streams(batch: list[tuple[str, list[StoredEvent]]], report: VerificationReport) -> None:
+    heads = {
+        sid: (version, bytes(last_hash))
+        for sid, version, last_hash in Stream.objects.filter(stream_id__in=[sid for sid, _ in batch])
+        .values_list("stream_id", "version", "last_hash")
+    }
+    for sid, events in batch:
+        report.streams += 1
+        report.events += len(events)
+        broken = verify_chain(events)
+        if broken is not None:
+            report.chain_breaks.append(broken)
+            continue
+        version, last_hash = heads.get(sid, (None, None))
+        if version != events[-1].version:
+            report.chain_breaks.append(Difference(sid, events[-1].version + 1,
+                                                  f"stream row says version {version}, the events end at {events[-1].version}"))
+        elif last_hash != events[-1].chain_hash:
+            report.chain_breaks.append(Difference(sid, events[-1].version, "the stream row's last hash differs"))
+
+
+def _compare_with_kafka(settings: KafkaSettings, stream_id: str | None, report: VerificationReport) -> None:
+    events = Event.objects.all()
+    if stream_id is not None:
+        events = events.filter(stream_id=stream_id)
+    report.unpublished = events.filter(published_at__isnull=True).count()
+    partitions = (events.filter(published_at__isnull=False).order_by().values_list("kafka_topic", "kafka_partition")
+                  .distinct())
+    for topic, partition in sorted(partitions):
+        mirror_rows = (events.filter(kafka_topic=topic, kafka_partition=partition).order_by("kafka_offset")
+                       .values_list("stream_id", *_LOAD_COLUMNS).iterator(chunk_size=5000))
+        mirror = (_row_to_stored(row[0], row[1:]) for row in mirror_rows)
+        _compare_partition(settings, topic, partition, mirror, report)
+
+
+def _compare_partition(settings: KafkaSettings, topic: str, partition: int, mirror: Iterable[StoredEvent],
+                       report: VerificationReport) -> None:
+    mirror = iter(mirror)
+    first = next(mirror, None)
+    if first is None:
+        return
+    messages: Iterator = iter(())
+    try:
+        messages = scan_partition(settings, topic, partition, first.kafka_position.offset)
+        msg = next(messages, None)
+        for stored in itertools.chain([first], mirror):
+            offset = stored.kafka_position.offset
+            while msg is not None and msg.offset() < offset:
+                msg = next(messages, None)
+            report.kafka_checked += 1
+            if msg is None or msg.offset() != offset:
+                report.kafka_differences.append(Difference(
+                    stored.metadata.stream_id, stored.version,
+                    f"missing from Kafka at {topic}[{partition}]@{offset}; refill with `manage.py refill_kafka`"))
+                continue
+            reason = _differs(stored, stored_event_from_message(msg))
+            if reason:
+                report.kafka_differences.append(Difference(stored.metadata.stream_id, stored.version,
+                                                           f"Kafka copy at {topic}[{partition}]@{offset} differs: {reason}"))
+    except (KafkaException, TimeoutError) as exc:
+        report.kafka_differences.append(Difference(first.metadata.stream_id, first.version,
+                                                   f"cannot read {topic}[{partition}] ({exc})"))
+    finally:
+        close = getattr(messages, "close", None)
+        if close:
+            close()
+
+
+def _differs(mirror: StoredEvent, kafka: StoredEvent) -> str:
+    if kafka.payload != mirror.payload:
+        return "payload bytes"
+    if kafka.metadata != mirror.metadata:
+        fields = [name for name in mirror.metadata.__slots__
+                  if getattr(mirror.metadata, name) != getattr(kafka.metadata, name)]
+        return "metadata " + ", ".join(fields)
+    if kafka.chain_hash != mirror.chain_hash:
+        return "chain hash"
+    return ""

@@ -1,0 +1,35 @@
+"""Celery tasks: thin wrappers around the operations the management commands call too."""
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import shared_task
+from django.conf import settings
+
+from .eventstore import get_event_store
+from .operations.relay import KafkaUnavailableError, relay_outbox as relay
+
+logger = logging.getLogger(__name__)
+_RELAY_LOCK = "eventstore:relay-lock"
+
+
+@shared_task(name="eventsourcing_app.tasks.relay_outbox", ignore_result=True)
+def relay_outbox() -> int:
+    """Publishes the outbox backlog; one relay at a time across all workers."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    lock = client.lock(_RELAY_LOCK, timeout=120, blocking=False)
+    if not lock.acquire():
+        return 0
+    try:
+        report = relay(get_event_store(), grace_seconds=settings.EVENTSTORE["RELAY_GRACE_SECONDS"],
+                       batch_size=settings.EVENTSTORE["RELAY_BATCH_SIZE"])
+        return report.published
+    except KafkaUnavailableError as exc:
+        logger.warning("outbox relay skipped: %s", exc)
+        return 0
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass

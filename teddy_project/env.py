@@ -1,0 +1,86 @@
+"""Reading settings from environment variables, failing early with the variable's name.
+
+Every setting is read here once, at start-up; a bad value stops the process with a
+message that names the variable, what was found and what is expected.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, TypeVar
+
+from django.core.exceptions import ImproperlyConfigured
+
+T = TypeVar("T")
+
+
+def _read(name: str, default: str | None, parse: Callable[[str], T], expected: str) -> T:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        if default is None:
+            raise ImproperlyConfigured(f"{name} is not set: expected {expected}.")
+        raw = default
+    try:
+        return parse(raw.strip())
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not valid: expected {expected} ({exc})."
+        ) from None
+
+
+def env_str(name: str, default: str, pattern: str | None = None) -> str:
+    def parse(value: str) -> str:
+        if pattern and not re.fullmatch(pattern, value):
+            raise ValueError(f"does not match {pattern}")
+        return value
+
+    return _read(name, default, parse, f"text matching {pattern}" if pattern else "text")
+
+
+def env_int(name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
+    def parse(value: str) -> int:
+        number = int(value)
+        if minimum is not None and number < minimum:
+            raise ValueError(f"below the minimum {minimum}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"above the maximum {maximum}")
+        return number
+
+    return _read(name, str(default), parse, "a whole number")
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    def parse(value: str) -> float:
+        number = float(value)
+        if number < minimum:
+            raise ValueError(f"below the minimum {minimum}")
+        return number
+
+    return _read(name, str(default), parse, "a number")
+
+
+def env_bool(name: str, default: bool) -> bool:
+    truthy, falsy = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+    def parse(value: str) -> bool:
+        lowered = value.lower()
+        if lowered in truthy:
+            return True
+        if lowered in falsy:
+            return False
+        raise ValueError("not a boolean")
+
+    return _read(name, "true" if default else "false", parse, "one of true/false/1/0/yes/no")
+
+
+def env_list(name: str, default: str, item_pattern: str) -> list[str]:
+    def parse(value: str) -> list[str]:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if not items:
+            raise ValueError("empty list")
+        for item in items:
+            if not re.fullmatch(item_pattern, item):
+                raise ValueError(f"{item!r} does not match {item_pattern}")
+        return items
+
+    return _read(name, default, parse, f"a comma-separated list of {item_pattern}")

@@ -1,0 +1,151 @@
+"""Settings for the Teddy event store, read once from environment variables.
+
+Every variable has a safe default for local use; README.md lists them all. A bad value
+fails at start-up with a message naming the variable.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from .env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("TEDDY_DATA_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-local-only-key-set-DJANGO_SECRET_KEY-in-production")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]", r"[\w.\-\[\]:*]+")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "eventsourcing_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "eventsourcing_app.observability.CorrelationIdMiddleware",
+]
+
+ROOT_URLCONF = "teddy_project.urls"
+WSGI_APPLICATION = "teddy_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: PostgreSQL in production and tests, a SQLite file for the one-command run.
+_default_db_url = f"sqlite:///{DATA_DIR / 'teddy.sqlite3'}"
+try:
+    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL", _default_db_url), conn_max_age=600)}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not valid: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Writers wait for each other instead of failing with "database is locked".
+    DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# --- Redis (Celery broker and result backend, caches).
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0", r"rediss?://\S+|unix://\S+")
+
+# --- Celery.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+
+# --- Kafka and the event store.
+KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", r"[\w.\-]+:\d+(,[\w.\-]+:\d+)*")
+KAFKA_TOPIC_PREFIX = env_str("KAFKA_TOPIC_PREFIX", "", r"[A-Za-z0-9._\-]{0,100}")
+KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 12, minimum=1, maximum=10000)
+KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 1, minimum=1, maximum=10)
+KAFKA_EVENT_RETENTION_MS = env_int("KAFKA_EVENT_RETENTION_MS", -1, minimum=-1)
+KAFKA_COMPRESSION = env_str("KAFKA_COMPRESSION", "lz4", r"none|gzip|snappy|lz4|zstd")
+KAFKA_MESSAGE_TIMEOUT_MS = env_int("KAFKA_MESSAGE_TIMEOUT_MS", 10000, minimum=1000)
+KAFKA_PUBLISH_ENABLED = env_bool("KAFKA_PUBLISH_ENABLED", True)
+
+EVENTSTORE = {
+    # Aggregate types that may hold streams; each has a topic eventstore.<type>.
+    "STREAM_TYPES": env_list("EVENTSTORE_STREAM_TYPES", "child,parent,conversation", r"[a-z][a-z0-9_]{0,39}"),
+    # Largest serialized event (payload plus metadata), below Kafka's 1 MB message limit.
+    "MAX_EVENT_BYTES": env_int("EVENTSTORE_MAX_EVENT_BYTES", 900_000, minimum=1024, maximum=1_000_000),
+    # The outbox relay leaves events younger than this to the publisher that appended them.
+    "RELAY_GRACE_SECONDS": env_float("EVENTSTORE_RELAY_GRACE_SECONDS", 2.0),
+    "RELAY_INTERVAL_SECONDS": env_float("EVENTSTORE_RELAY_INTERVAL_SECONDS", 1.0, minimum=0.1),
+    "RELAY_BATCH_SIZE": env_int("EVENTSTORE_RELAY_BATCH_SIZE", 5000, minimum=1),
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "relay-outbox": {
+        "task": "eventsourcing_app.tasks.relay_outbox",
+        "schedule": EVENTSTORE["RELAY_INTERVAL_SECONDS"],
+        "options": {"expires": 10},
+    },
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO", r"DEBUG|INFO|WARNING|ERROR|CRITICAL")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"correlation": {"()": "eventsourcing_app.observability.CorrelationIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [cid=%(correlation_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["correlation"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
