@@ -103,22 +103,26 @@ class DjangoRecorder:
                events: Sequence[PendingEvent]) -> AppendOutcome:
         from ..models import Event, Stream
 
+        streams = Stream.objects.using(self.alias)
         with transaction.atomic(using=self.alias):
-            stream = Stream.objects.using(self.alias).select_for_update().filter(pk=stream_id).first()
-            version = stream.version if stream else 0
+            stream = streams.select_for_update().filter(pk=stream_id).first()
             published = stream.published_version if stream else None
 
             found = Event.objects.using(self.alias).filter(event_id=events[0].event_id).values_list(
                 "stream_id", "version").first()
             if found is not None:
                 return self._idempotent_or_raise(stream_id, expected, events, found, published)
+            if stream is None and _expectation_holds(expected, 0):
+                # Concurrent first appends: one row wins, the others wait for it and re-check.
+                streams.bulk_create([Stream(stream_id=stream_id, stream_type=stream_type, version=0,
+                                            published_version=0, last_hash=GENESIS_HASH, created_at=now,
+                                            updated_at=now)], ignore_conflicts=True)
+                stream = streams.select_for_update().get(pk=stream_id)
+            version = stream.version if stream else 0
             if not _expectation_holds(expected, version):
+                transaction.set_rollback(True, using=self.alias)  # no empty stream row is left behind
                 return AppendOutcome("conflict", version, published, ())
 
-            if stream is None:
-                stream = Stream.objects.using(self.alias).create(
-                    stream_id=stream_id, stream_type=stream_type, version=0, published_version=0,
-                    last_hash=GENESIS_HASH, created_at=now, updated_at=now)
             chain = bytes(stream.last_hash)
             rows, hashes = [], []
             for offset, pending in enumerate(events, start=1):

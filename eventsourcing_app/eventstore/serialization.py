@@ -15,6 +15,7 @@ import decimal
 import enum
 import json
 import re
+import types
 import typing
 import uuid
 from datetime import date, datetime, timezone
@@ -103,7 +104,7 @@ def _field_converters(cls: type) -> dict[str, Callable[[Any], Any]]:
     for f in dataclasses.fields(cls):
         hint = hints.get(f.name)
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        target = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+        target = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
         if target is datetime:
             converters[f.name] = lambda v: v if v is None or isinstance(v, datetime) else datetime.fromisoformat(v)
         elif target is date:

@@ -75,6 +75,8 @@ class EventPublisher:
         self._thread = threading.Thread(target=self._serve, name="eventstore-publisher", daemon=True)
         self._thread.start()
         self.errors = 0
+        self._unreported_failures = 0
+        self._last_failure_report = 0.0
         atexit.register(self.close)
 
     # --- producing ---------------------------------------------------------------
@@ -177,10 +179,12 @@ class EventPublisher:
             self._acks.put(Publication(position, stream_id, version, msg.topic(), msg.partition(), msg.offset()))
             return
         self.errors += 1
+        self._unreported_failures += 1
         if err.code() == KafkaError._MSG_TIMED_OUT or err.fatal():
             self._replace = True
-        logger.warning("Kafka did not acknowledge %s v%s (%s); the outbox relay will publish it again",
-                       stream_id, version, err)
+        if self._unreported_failures == 1:
+            logger.warning("Kafka did not acknowledge %s v%s (%s); it waits in the outbox for the relay",
+                           stream_id, version, err)
         self._failed(stream_id)
 
     def _failed(self, stream_id: str) -> None:
@@ -203,8 +207,17 @@ class EventPublisher:
                 else:
                     time.sleep(0.01)
                 self._record_acks()
+                self._report_failures()
         finally:
             connections.close_all()
+
+    def _report_failures(self) -> None:
+        """One summary line every few seconds instead of a line per failed send."""
+        now = time.monotonic()
+        if self._unreported_failures > 1 and now - self._last_failure_report > 5.0:
+            logger.warning("%d more sends were not acknowledged by Kafka; they wait in the outbox for the relay",
+                           self._unreported_failures - 1)
+            self._unreported_failures, self._last_failure_report = 0, now
 
     def _record_acks(self) -> None:
         batch: list[Publication] = []

@@ -61,21 +61,29 @@ def read_positions(settings: KafkaSettings, positions: Iterable[KafkaPosition],
 def scan_partition(settings: KafkaSettings, topic: str, partition: int, first: int = 0,
                    last: int | None = None, timeout: float = 30.0) -> Iterator:
     """Messages of one partition from offset `first` up to `last` (or to the end)."""
+    for msg in scan_topic(settings, topic, {partition: first}, timeout):
+        yield msg
+        if last is not None and msg.offset() >= last:
+            return
+
+
+def scan_topic(settings: KafkaSettings, topic: str, starts: dict[int, int], timeout: float = 30.0) -> Iterator:
+    """Messages of the given partitions (partition -> first offset) until each reaches its end."""
     consumer = Consumer(settings.consumer_config(group_id=f"teddy-reader-{uuid.uuid4()}"))
     try:
-        consumer.assign([TopicPartition(topic, partition, first)])
+        consumer.assign([TopicPartition(topic, partition, offset) for partition, offset in starts.items()])
+        pending = set(starts)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            batch = consumer.consume(num_messages=1000, timeout=0.5)
-            for msg in batch:
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} partitions {sorted(pending)} did not finish within {timeout}s")
+            for msg in consumer.consume(num_messages=1000, timeout=0.2):
                 err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        return
+                if err is None:
+                    yield msg
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                else:
                     raise KafkaException(err)
-                yield msg
-                if last is not None and msg.offset() >= last:
-                    return
-        raise TimeoutError(f"reading {topic}[{partition}] from offset {first} did not finish within {timeout}s")
     finally:
         consumer.close()

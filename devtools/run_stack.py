@@ -1,0 +1,611 @@
+"""The one-command run of the Teddy event store (`scripts/run` ends here).
+
+Brings the whole product up on one machine, for a demo or for local work, and takes it
+down again cleanly:
+
+1. Infrastructure. Kafka is an embedded Tansu broker and Redis an embedded redis-server
+   (both from wheels in requirements.txt), unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL say
+   where real ones are. The database is the settings' default SQLite file in var/ unless
+   DATABASE_URL is set.
+2. One-off setup: migrations, Kafka topics, static files, the admin user, demo data.
+3. Long-running children: Celery worker, Celery beat (it schedules the outbox relay) and
+   the Django web server. Each writes to var/logs/<name>.log; warnings and errors are
+   echoed to the console.
+4. A banner with the URLs and the admin login, then a watch over the children.
+
+Ctrl-C or SIGTERM stops everything in reverse order and exits 0. A child that dies on its
+own stops the whole stack and exits 1, after printing the end of its log. `--check` does
+the start-up, probes /health/ready/, stops and exits 0 or 1: a non-interactive test of
+this very command.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from devtools import embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+# Same rule as teddy_project/settings.py, so the SQLite file, static files and our logs
+# all end up in one place.
+VAR = Path(os.environ.get("TEDDY_DATA_DIR") or ROOT / "var").resolve()
+LOGS = VAR / "logs"
+
+STOP_GRACE_SECONDS = 10.0
+WEB_START_TIMEOUT = 60.0
+READY_TIMEOUT = 60.0
+# Lines worth showing on the console; everything else stays in the log files.
+ECHO_PATTERN = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^Traceback")
+# ... except runserver's standard notice: a local run uses the development server on purpose.
+ECHO_IGNORE = re.compile(r"This is a development server")
+
+ADMIN_SCRIPT = """
+import os
+from django.contrib.auth import get_user_model
+User = get_user_model()
+user, created = User.objects.get_or_create(username=os.environ["TEDDY_RUN_ADMIN_USERNAME"])
+user.is_staff = user.is_superuser = user.is_active = True
+user.set_password(os.environ["TEDDY_RUN_ADMIN_PASSWORD"])
+user.save()
+print("created" if created else "updated")
+"""
+
+
+class Stopping(Exception):
+    """Ctrl-C or SIGTERM arrived: unwind and stop everything."""
+
+
+class StartupError(Exception):
+    """Something needed for the stack failed; the message says what and where to look."""
+
+
+_stop_requested = threading.Event()
+
+
+def say(message: str = "") -> None:
+    print(f"run: {message}" if message else "", flush=True)
+
+
+def shown(path: Path) -> str:
+    """A path as the user should read it: relative to the repository when inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def check_stop() -> None:
+    if _stop_requested.is_set():
+        raise Stopping()
+
+
+def pause(seconds: float) -> None:
+    """Sleeps, but wakes at once when a stop is requested."""
+    if _stop_requested.wait(seconds):
+        raise Stopping()
+
+
+def install_signal_handlers() -> None:
+    # The handler only sets a flag: raising from inside it could land between starting a
+    # process and recording it, and that process would then never be stopped.
+    def request_stop(signum, _frame):
+        if not _stop_requested.is_set():
+            print(flush=True)
+            say(f"{signal.Signals(signum).name} received, stopping ...")
+        _stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up once here: the code between fork and exec should do as little as possible.
+_prctl = _load_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in each child between fork and exec: the kernel sends the child SIGTERM if this
+    orchestrator dies without cleaning up (e.g. on SIGKILL), so nothing is left behind."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(args: list[str], env: dict[str, str], output) -> subprocess.Popen:
+    # Each child gets its own session (so a Ctrl-C in the terminal reaches only us, and we
+    # stop the children in order) and hence its own process group, which we can signal as
+    # a whole to also catch processes it forked (Celery's pool).
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output,
+        stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent if _prctl else None,
+    )
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty log)"
+
+
+@dataclass
+class Child:
+    """A long-running process we started, with its log file."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    exit_info: object = None  # os.waitid's result once the process has exited
+
+    def exited(self) -> bool:
+        """True once the process has exited, without reaping it where the OS allows: an
+        unreaped child keeps its PID, which is also its process group id, so signalling
+        the group afterwards cannot hit an unrelated process that reused the number."""
+        if self.process.returncode is not None or self.exit_info is not None:
+            return True
+        if hasattr(os, "waitid"):
+            self.exit_info = os.waitid(os.P_PID, self.process.pid,
+                                       os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            return self.exit_info is not None
+        return self.process.poll() is not None
+
+    def describe_exit(self) -> str:
+        if self.process.returncode is not None:
+            code = self.process.returncode
+            return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if self.exit_info.si_code == os.CLD_EXITED:
+            return f"exit code {self.exit_info.si_status}"
+        return f"killed by {signal.Signals(self.exit_info.si_status).name}"
+
+    def stop(self) -> None:
+        if not self.exited():
+            self.process.terminate()
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while not self.exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self.exited():
+                say(f"{self.name} did not stop within {STOP_GRACE_SECONDS:.0f}s, killing it")
+        if self.process.returncode is None:  # still unreaped, so the group id is ours
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+class LogEcho(threading.Thread):
+    """Follows the children's log files and echoes warnings and errors, prefixed."""
+
+    def __init__(self) -> None:
+        super().__init__(name="log-echo", daemon=True)
+        self.files: dict[str, object] = {}
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+
+    def follow(self, name: str, path: Path) -> None:
+        with self.lock:
+            self.files[name] = open(path, "r", errors="replace")
+
+    def run(self) -> None:
+        while not self.finished.wait(0.3):
+            with self.lock:
+                for name, handle in self.files.items():
+                    self.echo_new_lines(name, handle)
+
+    @staticmethod
+    def echo_new_lines(name: str, handle) -> None:
+        while True:
+            start = handle.tell()
+            line = handle.readline()
+            if not line.endswith("\n"):  # nothing new, or a line still being written
+                handle.seek(start)
+                return
+            if ECHO_PATTERN.search(line) and not ECHO_IGNORE.search(line):
+                print(f"[{name:<6}] {line.rstrip()[:240]}", flush=True)
+
+    def close(self) -> None:
+        self.finished.set()
+        if self.is_alive():
+            self.join(2)
+        with self.lock:
+            for handle in self.files.values():
+                handle.close()
+
+
+@dataclass
+class Stack:
+    """Everything started so far, in start order, so it can be stopped in reverse."""
+
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    started: list = field(default_factory=list)  # embedded.Service and Child objects
+    echo: LogEcho = field(default_factory=LogEcho)
+
+    @property
+    def children(self) -> list[Child]:
+        return [item for item in self.started if isinstance(item, Child)]
+
+    def start_child(self, name: str, args: list[str]) -> Child:
+        log_path = LOGS / f"{name}.log"
+        with open(log_path, "wb") as output:  # the child keeps its own copy of the fd
+            child = Child(name, spawn(args, self.env, output), log_path)
+        self.started.append(child)
+        self.echo.follow(name, log_path)
+        say(f"started {name:<6} (pid {child.process.pid}, log {shown(log_path)})")
+        return child
+
+    def stop_all(self) -> None:
+        for item in reversed(self.started):
+            try:
+                item.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                say(f"could not stop {item.name}: {exc}")
+        self.started.clear()
+        self.echo.close()
+
+
+# --- Infrastructure -----------------------------------------------------------------------
+
+def env_is_set(name: str) -> bool:
+    # The settings treat an empty variable as unset; so do we.
+    return bool(os.environ.get(name, "").strip())
+
+
+def without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def start_infrastructure(stack: Stack) -> None:
+    if env_is_set("KAFKA_BOOTSTRAP_SERVERS"):
+        say(f"kafka     from environment: KAFKA_BOOTSTRAP_SERVERS={os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
+    else:
+        tansu = embedded.start_tansu(log_path=VAR / "tansu.log")
+        stack.started.append(tansu)
+        stack.env["KAFKA_BOOTSTRAP_SERVERS"] = tansu.address
+        say(f"kafka     embedded Tansu on {tansu.address} (memory only; log {shown(VAR / 'tansu.log')})")
+    check_stop()
+
+    if env_is_set("REDIS_URL"):
+        say(f"redis     from environment: REDIS_URL={without_password(os.environ['REDIS_URL'])}")
+    else:
+        redis = embedded.start_redis(VAR / "redis")
+        stack.started.append(redis)
+        stack.env["REDIS_URL"] = f"redis://{redis.address}/0"
+        say(f"redis     embedded redis-server on {stack.env['REDIS_URL']} (log {shown(VAR / 'redis' / 'redis.log')})")
+    check_stop()
+
+    if env_is_set("DATABASE_URL"):
+        say(f"database  from environment: DATABASE_URL={without_password(os.environ['DATABASE_URL'])}")
+    else:
+        say(f"database  SQLite {shown(VAR / 'teddy.sqlite3')} (settings default)")
+
+
+# --- One-off setup ------------------------------------------------------------------------
+
+def run_step(stack: Stack, title: str, args: list[str], show_output: bool = False,
+             extra_env: dict[str, str] | None = None) -> str:
+    """Runs a setup command to completion; its output goes to var/logs/setup.log, and to
+    the console too when asked or when it fails."""
+    setup_log = LOGS / "setup.log"
+    with open(setup_log, "ab") as output:
+        output.write(f"\n=== {title}: {' '.join(args)}\n".encode())
+        output.flush()
+        start = output.tell()
+        env = {**stack.env, **(extra_env or {})}
+        # The commands print their own report; their INFO log lines would repeat it.
+        if not env_is_set("LOG_LEVEL"):
+            env["LOG_LEVEL"] = "WARNING"
+        process = spawn(args, env, output)
+    while process.poll() is None:
+        if _stop_requested.wait(0.1):
+            process.terminate()
+            process.wait()
+            raise Stopping()
+    with open(setup_log, "rb") as log_file:
+        log_file.seek(start)
+        text = log_file.read().decode(errors="replace").strip()
+    if process.returncode != 0:
+        # librdkafka repeats each connection failure many times ("%3|...|FAIL|..."); the
+        # command's own message at the end says it once, so keep the excerpt to the rest.
+        lines = [line for line in text.splitlines() if not re.match(r"%\d+\|", line)]
+        raise StartupError(f"{title} failed (exit code {process.returncode}):\n"
+                           + "\n".join("    " + line for line in lines[-15:])
+                           + f"\n  full output: {shown(setup_log)}")
+    if show_output and text:
+        for line in text.splitlines():
+            say(f"  {line}")
+    return text
+
+
+def manage(*args: str) -> list[str]:
+    return [sys.executable, "manage.py", *args]
+
+
+def admin_credentials() -> tuple[str, str, str]:
+    """(username, password, where the password comes from). A generated password is kept in
+    var/admin-password so the login stays the same from one run to the next."""
+    username = os.environ.get("ADMIN_USERNAME", "").strip() or "admin"
+    if env_is_set("ADMIN_PASSWORD"):
+        return username, os.environ["ADMIN_PASSWORD"], "from ADMIN_PASSWORD"
+    password_file = VAR / "admin-password"
+    if password_file.exists() and password_file.read_text().strip():
+        return username, password_file.read_text().strip(), f"stored in {shown(password_file)}"
+    password = secrets.token_urlsafe(12)
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    return username, password, f"generated, stored in {shown(password_file)}"
+
+
+def check_settings(stack: Stack) -> set[str]:
+    """Fails on a bad environment variable, with the settings' own message naming it, before
+    anything is started; returns the management commands available."""
+    run_step(stack, "checking settings", manage("check"))
+    return set(run_step(stack, "listing commands", manage("help", "--commands")).split())
+
+
+def set_up(stack: Stack, commands: set[str], kafka_is_embedded: bool) -> tuple[str, str, str]:
+    say("migrating the database ...")
+    run_step(stack, "migrate", manage("migrate", "--noinput"))
+    say("provisioning Kafka topics ...")
+    run_step(stack, "provision_topics", manage("provision_topics"), show_output=True)
+    if kafka_is_embedded and "refill_kafka" in commands:
+        # The embedded broker keeps nothing across a restart, but the database does: publish
+        # the stored events again before the relay and the web start adding new ones.
+        say("refilling the embedded Kafka from the database ...")
+        run_step(stack, "refill_kafka", manage("refill_kafka"), show_output=True)
+    run_step(stack, "collectstatic", manage("collectstatic", "--noinput", "--verbosity", "0"))
+
+    username, password, source = admin_credentials()
+    outcome = run_step(stack, "admin user", manage("shell", "--command", ADMIN_SCRIPT),
+                       extra_env={"TEDDY_RUN_ADMIN_USERNAME": username,
+                                  "TEDDY_RUN_ADMIN_PASSWORD": password})
+    say(f"admin user '{username}' {outcome.splitlines()[-1] if outcome else 'ready'}")
+
+    if "load_demo_data" in commands:
+        say("loading demo data ...")
+        run_step(stack, "load_demo_data", manage("load_demo_data"), show_output=True)
+    else:
+        say("no load_demo_data command here: no demo data loaded")
+    return username, password, source
+
+
+# --- Long-running children ----------------------------------------------------------------
+
+def start_children(stack: Stack, port: int, with_worker: bool) -> None:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    if with_worker:
+        celery = [sys.executable, "-m", "celery", "-A", "teddy_project"]
+        stack.start_child("worker", [*celery, "worker", "--loglevel=INFO", "--concurrency=2"])
+        stack.start_child("beat", [*celery, "beat", "--loglevel=INFO",
+                                   "--schedule", str(VAR / "celerybeat-schedule")])
+    else:
+        say("--no-worker: no Celery worker or beat, so the outbox relay does not run")
+    # --insecure: serve the admin's static files although DEBUG is off.
+    stack.start_child("web", manage("runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"))
+    stack.echo.start()
+
+
+def dead_child(stack: Stack) -> Child | None:
+    return next((child for child in stack.children if child.exited()), None)
+
+
+def report_death(child: Child) -> None:
+    say(f"{child.name} stopped unexpectedly ({child.describe_exit()}); end of {shown(child.log_path)}:")
+    print(tail(child.log_path), flush=True)
+
+
+def get(url: str) -> tuple[int | None, str]:
+    """(HTTP status or None, short body or error)."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status, response.read(300).decode(errors="replace").strip()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(300).decode(errors="replace").strip()
+    except (OSError, ValueError) as exc:
+        return None, str(getattr(exc, "reason", exc))
+
+
+def port_answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def wait_until(stack: Stack, condition, timeout: float) -> bool:
+    """Polls condition() until true or timeout; fails fast when a child dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        child = dead_child(stack)
+        if child:
+            report_death(child)
+            raise StartupError(f"{child.name} died during start-up")
+        if time.monotonic() >= deadline:
+            return False
+        pause(0.25)
+
+
+def wait_for_web(stack: Stack, base: str, port: int) -> tuple[int | None, str]:
+    if not wait_until(stack, lambda: port_answers(port), WEB_START_TIMEOUT):
+        raise StartupError(f"the web server did not open port {port} within "
+                           f"{WEB_START_TIMEOUT:.0f}s; see {shown(LOGS / 'web.log')}")
+    # The port opens a moment before Django answers; give /health/ a short while.
+    wait_until(stack, lambda: get(base + "/health/")[0] == 200, 15)
+    return get(base + "/health/")
+
+
+def print_banner(base: str, credentials: tuple[str, str, str],
+                 health: tuple[int | None, str], kafka_is_embedded: bool) -> None:
+    username, password, source = credentials
+    ready = get(base + "/health/ready/")
+    logs = f"{shown(LOGS)}/<worker|beat|web|setup>.log"
+    if kafka_is_embedded:
+        logs += f", {shown(VAR / 'tansu.log')}"
+    rule = "=" * 66
+    print(f"\n{rule}\n  Teddy event store is running\n{rule}", flush=True)
+    print(f"  Admin        {base}/admin/\n"
+          f"  Health       {base}/health/        (now: {health[0] or health[1]})\n"
+          f"  Readiness    {base}/health/ready/  (now: {ready[0] or ready[1]})\n"
+          f"  Admin login  {username} / {password}   ({source})\n"
+          f"  Logs         {logs}\n"
+          f"\n  Ctrl-C to stop\n{rule}\n", flush=True)
+
+
+def check_ready(stack: Stack, base: str) -> bool:
+    last: list[tuple[int | None, str]] = []
+
+    def ready() -> bool:
+        last[:] = [get(base + "/health/ready/")]
+        return last[0][0] == 200
+
+    ok = wait_until(stack, ready, READY_TIMEOUT)
+    status, body = last[0]
+    if ok:
+        say(f"health ready OK: GET {base}/health/ready/ -> {status} {body}")
+    else:
+        say(f"health ready FAILED after {READY_TIMEOUT:.0f}s: GET {base}/health/ready/ -> "
+            f"{status or 'no answer'} {body}")
+    return ok
+
+
+def watch(stack: Stack) -> int:
+    """Blocks until Ctrl-C/SIGTERM (returns 0 via Stopping) or a child dies (returns 1)."""
+    while True:
+        child = dead_child(stack)
+        if child:
+            report_death(child)
+            return 1
+        pause(0.5)
+
+
+# --- Entry point --------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/run", description="Run the Teddy event store with everything it needs.")
+    parser.add_argument("--port", type=int, help="web port (default: $PORT or 8000; "
+                        "with --check and neither given, any free port)")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="do not start the Celery worker and beat")
+    parser.add_argument("--check", action="store_true",
+                        help="start everything, check /health/ready/ answers 200 within "
+                             f"{READY_TIMEOUT:.0f}s, stop, exit 0 or 1")
+    return parser.parse_args(argv)
+
+
+def choose_port(args: argparse.Namespace) -> int:
+    if args.port:
+        return args.port
+    if os.environ.get("PORT", "").strip():
+        if not os.environ["PORT"].strip().isdigit():
+            raise StartupError(f"PORT={os.environ['PORT']!r} is not a port number")
+        return int(os.environ["PORT"])
+    # A check needs no particular port, and 8000 may well be taken by a running stack.
+    return embedded.free_port() if args.check else 8000
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def hold_run_lock():
+    """Two runs on one var/ directory would share the SQLite file, the beat schedule and the
+    redis directory; refuse the second one. The lock goes away with this process."""
+    handle = open(VAR / "run.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StartupError(f"another scripts/run is already using {shown(VAR)}; stop it first "
+                           "(or give this one its own TEDDY_DATA_DIR)") from None
+    return handle
+
+
+def run(args: argparse.Namespace, stack: Stack) -> int:
+    port = choose_port(args)
+    if not port_is_free(port):
+        raise StartupError(f"port {port} is already in use; pick another with --port N")
+    base = f"http://127.0.0.1:{port}"
+
+    stack.env.setdefault("DJANGO_SETTINGS_MODULE", "teddy_project.settings")
+    stack.env["PYTHONUNBUFFERED"] = "1"  # log lines reach the files as they happen
+    if env_is_set("TEDDY_DATA_DIR"):
+        stack.env["TEDDY_DATA_DIR"] = str(VAR)  # made absolute: the children run from ROOT
+    (LOGS / "setup.log").write_bytes(b"")  # this run's setup output only
+
+    kafka_is_embedded = not env_is_set("KAFKA_BOOTSTRAP_SERVERS")
+    say("checking settings ...")
+    commands = check_settings(stack)
+    start_infrastructure(stack)
+    credentials = set_up(stack, commands, kafka_is_embedded)
+    start_children(stack, port, with_worker=not args.no_worker)
+    health = wait_for_web(stack, base, port)
+
+    if args.check:
+        return 0 if check_ready(stack, base) else 1
+    print_banner(base, credentials, health, kafka_is_embedded)
+    return watch(stack)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.chdir(ROOT)
+    install_signal_handlers()
+    stack = Stack()
+    code = 0
+    try:
+        VAR.mkdir(parents=True, exist_ok=True)
+        LOGS.mkdir(parents=True, exist_ok=True)
+        lock = hold_run_lock()  # noqa: F841 - held until this process exits
+        code = run(args, stack)
+    except Stopping:
+        code = 1 if args.check else 0  # an interrupted check has not passed
+    except StartupError as exc:
+        say(f"error: {exc}")
+        code = 1
+    except TimeoutError as exc:  # an embedded service did not open its port
+        say(f"error: {exc}")
+        code = 1
+    finally:
+        if stack.started:
+            say("stopping ...")
+        stack.stop_all()
+    say("stopped" if code == 0 else f"stopped (exit code {code})")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Serialization, the event type registry, upcasting and the hash chain: no I/O."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import pytest
+
+from eventsourcing_app.domain import DomainEvent
+from eventsourcing_app.eventstore import (
+    EventMetadata,
+    EventSerializationError,
+    InvalidStreamIdError,
+    MalformedEventError,
+    StoredEvent,
+    UnknownEventTypeError,
+    deserialize_event,
+    registry,
+)
+from eventsourcing_app.eventstore.integrity import GENESIS_HASH, content_digest, next_chain_hash, verify_chain
+from eventsourcing_app.eventstore.serialization import encode_payload, parse_stream_id
+from tests.events import NoteRecorded, ProfileChanged, Unserializable
+
+NOW = datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+
+def stored(event_type: str, payload: bytes, schema_version: int = 1, version: int = 1, stream="test.s-1") -> StoredEvent:
+    return StoredEvent(
+        metadata=EventMetadata(event_id=str(uuid.uuid4()), stream_id=stream, event_type=event_type, version=version,
+                               timestamp=NOW, schema_version=schema_version),
+        payload=payload,
+    )
+
+
+@pytest.mark.parametrize("stream_id", ["child.child-123", "conversation.conv_456", "parent.P-789", "test.stream"])
+def test_accepts_stream_ids_of_the_guides_form(stream_id):
+    aggregate_type, aggregate_id = parse_stream_id(stream_id)
+    assert f"{aggregate_type}.{aggregate_id}" == stream_id
+
+
+@pytest.mark.parametrize("stream_id", [
+    "", "child", "child.", ".child-1", "Child.c-1", "child.c 1", "child.c/1", "child.c-1.extra", "child.ü",
+    "child." + "x" * 200, None, 42,
+])
+def test_rejects_malformed_stream_ids_with_the_expected_form(stream_id):
+    with pytest.raises(InvalidStreamIdError, match="stream id"):
+        parse_stream_id(stream_id)
+
+
+def test_payload_is_canonical_json_of_the_event_data_only():
+    event = NoteRecorded(text="Hallo, Bär", n=3)
+    assert encode_payload(event) == '{"n":3,"text":"Hallo, Bär"}'.encode()
+
+
+@pytest.mark.parametrize("value, message", [
+    (object(), "cannot be stored as JSON"),
+    ({1: "a"}, "key 1 that is not a string"),
+    (float("nan"), "JSON cannot hold"),
+    (datetime(2026, 1, 1), "naive datetime"),
+    ({"nested": [set()]}, r"Unserializable.value.nested\[0\]"),
+])
+def test_non_serializable_fields_are_refused_naming_the_field(value, message):
+    with pytest.raises(EventSerializationError, match=message):
+        encode_payload(Unserializable(value=value))
+
+
+def test_round_trip_restores_typed_fields():
+    event = ProfileChanged(changes={"age": 7}, changed_at=NOW)
+    decoded = deserialize_event(stored("test.ProfileChanged", encode_payload(event)))
+    assert decoded.changes == {"age": 7}
+    assert decoded.changed_at == NOW
+
+
+def test_unknown_event_type_is_a_clear_error():
+    with pytest.raises(UnknownEventTypeError, match="unknown event type 'test.NeverDefined'"):
+        deserialize_event(stored("test.NeverDefined", b"{}"))
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "JSON list, expected an object"),
+    (b'{"text": "x", "colour": "red"}', r"fields \['colour'\]"),
+    (b'{"n": 1}', "does not fit NoteRecorded"),
+])
+def test_malformed_payloads_are_clear_errors(payload, message):
+    with pytest.raises(MalformedEventError, match=message):
+        deserialize_event(stored("test.NoteRecorded", payload))
+
+
+def test_a_schema_version_newer_than_the_code_is_refused():
+    with pytest.raises(UnknownEventTypeError, match="newer than this code knows"):
+        deserialize_event(stored("test.NoteRecorded", b'{"text":"x"}', schema_version=9))
+
+
+@dataclass
+class GreetingV1(DomainEvent, event_type="test.Greeting"):
+    text: str
+
+
+@dataclass
+class GreetingV2(DomainEvent, event_type="test.Greeting"):
+    text: str
+    language: str
+
+    @classmethod
+    def from_v1(cls, old: GreetingV1) -> "GreetingV2":
+        return cls(text=old.text, language="en")
+
+
+@dataclass
+class GreetingV3(DomainEvent, event_type="test.Greeting"):
+    words: list
+    language: str
+
+
+@registry.upcaster("test.Greeting", from_version=2)
+def _greeting_v2_to_v3(data: dict) -> dict:
+    return {"words": data["text"].split(), "language": data["language"]}
+
+
+def test_version_suffix_names_the_schema_version():
+    assert (GreetingV1.event_type, GreetingV1.schema_version) == ("test.Greeting", 1)
+    assert (GreetingV3.event_type, GreetingV3.schema_version) == ("test.Greeting", 3)
+
+
+def test_old_events_are_upcast_step_by_step_to_the_newest_class():
+    old = stored("test.Greeting", b'{"text":"hello little bear"}', schema_version=1)
+    event = deserialize_event(old)
+    assert isinstance(event, GreetingV3)
+    assert event.words == ["hello", "little", "bear"] and event.language == "en"
+    assert event.event_id == old.metadata.event_id and event.occurred_at == NOW
+
+
+def test_only_the_newest_schema_version_can_be_written():
+    with pytest.raises(UnknownEventTypeError):
+        registry.ensure_writable("not an event")
+    assert registry.current_version("test.Greeting") == 3
+
+
+def test_two_classes_cannot_claim_the_same_type_and_version():
+    with pytest.raises(TypeError, match="both claim event type 'test.NoteRecorded' version 1"):
+        @dataclass
+        class NoteRecorded(DomainEvent, event_type="test.NoteRecorded"):  # noqa: F811
+            other: str
+
+
+def _chain(events):
+    previous, out = GENESIS_HASH, []
+    for e in events:
+        previous = next_chain_hash(previous, e.version, content_digest(e.metadata, e.payload))
+        out.append(replace(e, chain_hash=previous))
+    return out
+
+
+def test_chain_verifies_and_names_the_first_changed_version():
+    events = _chain([stored("test.NoteRecorded", f'{{"text":"n{v}"}}'.encode(), version=v) for v in (1, 2, 3)])
+    assert verify_chain(events) is None
+    tampered = list(events)
+    tampered[1] = replace(events[1], payload=events[1].payload.replace(b"n2", b"n9"))
+    broken = verify_chain(tampered)
+    assert (broken.stream_id, broken.version) == ("test.s-1", 2)
+
+
+def test_chain_covers_metadata_and_detects_a_missing_event():
+    events = _chain([stored("test.NoteRecorded", b'{"text":"x"}', version=v) for v in (1, 2, 3)])
+    changed = list(events)
+    changed[2] = replace(events[2], metadata=replace(events[2].metadata, actor="someone-else"))
+    assert verify_chain(changed).version == 3
+    assert verify_chain([events[0], events[2]]).version == 2
