@@ -158,7 +158,8 @@ class EventPublisher:
                 old.purge()  # their delivery reports fail; those events stay in the outbox
                 old.poll(0)
             check_topics(self.settings, timeout=5.0)
-            producer = Producer({**self.settings.producer_config(), "error_cb": self._on_error})
+            producer = Producer({**self.settings.producer_config(), "error_cb": self._on_error},
+                                logger=logging.getLogger("librdkafka"))
             with self._lock:
                 self._producer = producer
         except Exception as exc:  # broker down or topics wrong: events wait in the outbox

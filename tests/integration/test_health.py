@@ -1,0 +1,44 @@
+"""Health endpoints and the guide's health check."""
+from __future__ import annotations
+
+import asyncio
+
+from devtools.embedded import free_port
+from eventsourcing_app.eventstore import check_event_store_health
+
+
+def test_liveness(client):
+    response = client.get("/health/")
+    assert response.status_code == 200 and response.json() == {"status": "alive"}
+
+
+def test_readiness_when_everything_is_up(client):
+    response = client.get("/health/ready/")
+    assert response.status_code == 200, response.json()
+    assert response.json()["checks"] == {"database": {"status": "up"}, "redis": {"status": "up"},
+                                         "kafka": {"status": "up"}}
+
+
+def test_readiness_names_kafka_when_it_is_down(client, settings):
+    settings.KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{free_port()}"
+    response = client.get("/health/ready/")
+    assert response.status_code == 503
+    assert response.json()["down"] == ["kafka"]
+    assert response.json()["checks"]["kafka"]["error"]
+
+
+def test_readiness_names_redis_when_it_is_down(client, settings):
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    response = client.get("/health/ready/")
+    assert response.status_code == 503
+    assert response.json()["down"] == ["redis"]
+
+
+def test_readiness_names_missing_topics(client, settings):
+    settings.KAFKA_TOPIC_PREFIX = "never-provisioned."
+    body = client.get("/health/ready/").json()
+    assert body["down"] == ["kafka"] and "provision_topics" in body["checks"]["kafka"]["error"]
+
+
+def test_the_guides_event_store_health_check(store):
+    assert asyncio.run(check_event_store_health()) == {"status": "healthy", "component": "event_store"}

@@ -1,0 +1,41 @@
+"""A bad setting stops start-up with a message that names the variable."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_django(**env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", **env},
+    )
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("KAFKA_TOPIC_PARTITIONS", "many", "KAFKA_TOPIC_PARTITIONS='many' is not valid: expected a whole number"),
+    ("KAFKA_TOPIC_PARTITIONS", "0", "below the minimum 1"),
+    ("KAFKA_BOOTSTRAP_SERVERS", "kafka", "KAFKA_BOOTSTRAP_SERVERS='kafka' is not valid"),
+    ("KAFKA_COMPRESSION", "brotli", "KAFKA_COMPRESSION='brotli' is not valid"),
+    ("EVENTSTORE_STREAM_TYPES", "child,Bad-Type", "EVENTSTORE_STREAM_TYPES"),
+    ("EVENTSTORE_MAX_EVENT_BYTES", "2000000", "above the maximum 1000000"),
+    ("DJANGO_DEBUG", "perhaps", "DJANGO_DEBUG='perhaps' is not valid"),
+    ("REDIS_URL", "localhost:6379", "REDIS_URL='localhost:6379' is not valid"),
+    ("DATABASE_URL", "nosuchdb://x", "DATABASE_URL"),
+])
+def test_a_bad_value_names_the_variable(name, value, message):
+    done = start_django(**{name: value})
+    assert done.returncode != 0
+    assert "ImproperlyConfigured" in done.stderr and message in done.stderr, done.stderr[-500:]
+
+
+def test_defaults_start():
+    done = start_django(DATABASE_URL="", KAFKA_BOOTSTRAP_SERVERS="", REDIS_URL="")
+    assert done.returncode == 0, done.stderr[-500:]
