@@ -35,6 +35,10 @@ from .topics import check_topics
 logger = logging.getLogger(__name__)
 
 _RETRY_CONNECT_SECONDS = 2.0
+# Positions are recorded in batches: at most this long after the first acknowledgement waits,
+# at once when this many wait, or when somebody flushes. One UPDATE per batch, not per event.
+_RECORD_INTERVAL_SECONDS = 0.05
+_RECORD_BATCH = 5000
 
 
 def event_headers(stored: StoredEvent) -> list[tuple[str, bytes]]:
@@ -75,6 +79,8 @@ class EventPublisher:
         self._thread = threading.Thread(target=self._serve, name="eventstore-publisher", daemon=True)
         self._thread.start()
         self.errors = 0
+        self._first_ack_waiting = 0.0
+        self._flushing = 0
         self._unreported_failures = 0
         self._last_failure_report = 0.0
         atexit.register(self.close)
@@ -207,7 +213,14 @@ class EventPublisher:
                     producer.poll(0.01)
                 else:
                     time.sleep(0.01)
-                self._record_acks()
+                waiting = self._acks.qsize()
+                if waiting:
+                    now = time.monotonic()
+                    self._first_ack_waiting = self._first_ack_waiting or now
+                    if (waiting >= _RECORD_BATCH or self._flushing
+                            or now - self._first_ack_waiting >= _RECORD_INTERVAL_SECONDS):
+                        self._record_acks()
+                        self._first_ack_waiting = 0.0
                 self._report_failures()
         finally:
             connections.close_all()
@@ -222,7 +235,7 @@ class EventPublisher:
 
     def _record_acks(self) -> None:
         batch: list[Publication] = []
-        while len(batch) < 10000:
+        while len(batch) < _RECORD_BATCH:
             try:
                 batch.append(self._acks.get_nowait())
             except queue.Empty:
@@ -241,16 +254,20 @@ class EventPublisher:
     def flush(self, timeout: float = 30.0) -> bool:
         """Waits until everything handed over is acknowledged and recorded (or failed)."""
         deadline = time.monotonic() + timeout
-        producer = self._producer
-        if producer is not None:
-            producer.flush(timeout)
-        with self._idle:
-            while self._outstanding > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(min(remaining, 0.05))
-        return True
+        self._flushing += 1
+        try:
+            producer = self._producer
+            if producer is not None:
+                producer.flush(timeout)
+            with self._idle:
+                while self._outstanding > 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._idle.wait(min(remaining, 0.05))
+            return True
+        finally:
+            self._flushing -= 1
 
     @property
     def outstanding(self) -> int:

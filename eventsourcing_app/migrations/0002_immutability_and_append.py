@@ -2,6 +2,7 @@
 
 - Triggers refuse UPDATE of any event column but the Kafka position columns, DELETE of
   event rows and TRUNCATE of the events table (PostgreSQL and SQLite).
+- Storage settings and index trimming for the append and position-recording paths.
 - `eventstore_append(...)` (PostgreSQL) locks the stream row, checks the expected version,
   recognises an idempotent re-append, inserts the events with their chain hashes and moves
   the stream version, in one round trip.
@@ -9,6 +10,21 @@
 from django.db import migrations
 
 POSTGRES_FORWARD = r"""
+-- Recording Kafka positions updates event rows; free space on each page lets PostgreSQL do
+-- it in place (a HOT update: the positions are in no index) instead of writing new index entries.
+ALTER TABLE eventstore_event SET (fillfactor = 80);
+ALTER TABLE eventstore_stream SET (fillfactor = 70);
+-- Django adds a LIKE-pattern index beside a varchar primary key; stream ids are never searched by pattern.
+DO $$
+DECLARE v_index text;
+BEGIN
+    FOR v_index IN SELECT indexname FROM pg_indexes
+                    WHERE tablename = 'eventstore_stream' AND indexname LIKE 'eventstore_stream_stream_id%_like'
+    LOOP
+        EXECUTE format('DROP INDEX %I', v_index);
+    END LOOP;
+END $$;
+
 CREATE OR REPLACE FUNCTION eventstore_event_immutable() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -1,0 +1,510 @@
+"""The two systems under test, each driven in its own worker process.
+
+A worker is started by bench_eventstore.py as `python -m bench.bench_eventstore --worker
+ours|library`; it reads one JSON command per line on stdin and answers one JSON line on the
+protocol stream (the original stdout; everything else the process prints goes to stderr).
+Both workers implement the same scenarios with the same event shape (an int and a
+100-character string), so that the numbers of one run can be compared side by side.
+
+- ours:    this project's EventStore (PostgresRecorder + EventPublisher to a real Tansu broker),
+           built with build_event_store(kafka_settings=...), Kafka publishing ON.
+- library: the eventsourcing library's Application with its PostgreSQL persistence module
+           (PostgresApplicationRecorder, psycopg3 pool), aggregates declared with @event, as
+           its documentation shows; no snapshots, no aggregate cache (its defaults).
+"""
+from __future__ import annotations
+
+import cProfile
+import io
+import json
+import os
+import pstats
+import resource
+import statistics
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+TEXT = "x" * 100  # the string field of every benchmark event (same for both sides)
+
+
+# --- measuring helpers ---------------------------------------------------------------
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Prints `label: i/total (rate/s)` about once a second while a loop runs."""
+
+    def __init__(self, label: str, total: int, unit: str = "") -> None:
+        self.label, self.total, self.unit = label, total, unit
+        self.start = self.last = time.perf_counter()
+
+    def tick(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= 1.0 or done == self.total:
+            self.last = now
+            rate = done / (now - self.start) if now > self.start else 0.0
+            log(f"    {self.label}: {done}/{self.total}{self.unit} ({rate:,.0f}/s)")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (pct in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_kb() -> int:
+    """Current resident set size of this process in KiB (from /proc)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_rss_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def latency_summary(latencies_s: list[float]) -> dict[str, float]:
+    ms = [x * 1000 for x in latencies_s]
+    return {"p50_ms": statistics.median(ms), "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
+            "mean_ms": statistics.fmean(ms), "max_ms": max(ms)}
+
+
+# --- the systems under test ---------------------------------------------------------
+
+class System:
+    """What each side implements; every method returns a JSON-able dict."""
+
+    name = "?"
+
+    def setup(self) -> dict: ...
+    def append_new_stream(self, i: int) -> None: ...
+    def new_batched_stream(self, i: int) -> Any: ...
+    def append_batch(self, handle: Any, first_n: int, count: int) -> Any: ...
+    def flush(self) -> float | None: return None  # seconds waited, None if not applicable
+    def counters(self) -> dict: return {}  # cumulative counters; each scenario reports their change
+    def final_check(self) -> dict: return {}  # what the database holds at the end
+    def make_load_stream(self, events: int) -> Any: ...
+    def load_aggregate(self, handle: Any) -> int: ...
+    def load_raw(self, handle: Any) -> int: ...
+    def concurrent_writer(self, index: int) -> tuple[Callable[[], None], Callable[[], None]]: ...
+    def close(self) -> None: ...
+
+
+class Ours(System):
+    name = "ours"
+
+    def setup(self) -> dict:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        t0 = time.perf_counter()
+        call_command("migrate", verbosity=0)
+        log(f"    migrated {os.environ['DATABASE_URL'].rsplit('/', 1)[-1]} in {time.perf_counter() - t0:.1f}s")
+
+        from eventsourcing_app.domain import DomainEvent, EventSourcedAggregate
+        from eventsourcing_app.eventstore import build_event_store, deserialize_event
+        from eventsourcing_app.kafka.config import KafkaSettings
+        from eventsourcing_app.kafka.topics import provision_topics
+
+        # Defined here: the event registry is global, and only this worker needs the class.
+        from dataclasses import dataclass
+
+        @dataclass
+        class BenchEvent(DomainEvent):
+            n: int
+            text: str
+
+        class BenchAggregate(EventSourcedAggregate):
+            aggregate_type = "bench"
+
+            def __init__(self, id: str) -> None:
+                super().__init__(id)
+                self.n, self.text, self.count = 0, "", 0
+
+            def apply_event(self, event) -> None:
+                self.n, self.text, self.count = event.n, event.text, self.count + 1
+
+        self.BenchEvent, self.BenchAggregate, self.deserialize = BenchEvent, BenchAggregate, deserialize_event
+        self.kafka = KafkaSettings(bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"], topic_prefix="bench-",
+                                   partitions=12, stream_types=("bench",))
+        for report in provision_topics(self.kafka):
+            log(f"    topic {report}")
+        publish = os.environ.get("BENCH_OURS_PUBLISH", "1") == "1"  # 0 only for the --no-kafka diagnosis
+        self.store = build_event_store(kafka_settings=self.kafka, publish=publish)
+        if publish:
+            if self.store.publisher is None:
+                raise RuntimeError("Kafka publishing is off; the benchmark needs it on")
+            self._instrument_publication_recording()
+        else:
+            self._recording = {}
+            log("    Kafka publishing is OFF for this run (--no-kafka)")
+        # Warm up: connection, producer start-up (first publish connects), code paths.
+        for i in range(30):
+            self.store.append_events_sync(f"bench.warmup-{i}", [BenchEvent(n=i, text=TEXT)], expected_version=0)
+        self.flush()
+        from django.db import connection
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            server_version = cursor.fetchone()[0]
+        return {"server_version": server_version}
+
+    def _instrument_publication_recording(self) -> None:
+        """Counts the publisher thread's `record_publications` calls (how often, how many events,
+        how long): that work happens off the timed thread, so cProfile does not see it."""
+        recorder, original = self.store.recorder, self.store.recorder.record_publications
+        stats = self._recording = {"record_calls": 0, "record_events": 0, "record_s": 0.0, "record_cpu_s": 0.0}
+
+        def record_publications(publications, now):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return original(publications, now)
+            finally:
+                stats["record_calls"] += 1
+                stats["record_events"] += len(publications)
+                stats["record_s"] += time.perf_counter() - t0
+                stats["record_cpu_s"] += time.thread_time() - c0
+
+        recorder.record_publications = record_publications
+
+    def counters(self) -> dict:
+        return dict(self._recording)
+
+    def append_new_stream(self, i: int) -> None:
+        self.store.append_events_sync(f"bench.single-{i}", [self.BenchEvent(n=i, text=TEXT)], expected_version=0)
+
+    def new_batched_stream(self, i: int) -> Any:
+        return [f"bench.batch-{i}", 0]
+
+    def append_batch(self, handle: Any, first_n: int, count: int) -> Any:
+        stream_id, version = handle
+        events = [self.BenchEvent(n=first_n + k, text=TEXT) for k in range(count)]
+        result = self.store.append_events_sync(stream_id, events, expected_version=version)
+        handle[1] = result.last_version
+
+    def flush(self) -> float | None:
+        if self.store.publisher is None:
+            return 0.0
+        t0 = time.perf_counter()
+        if not self.store.flush(600):
+            raise RuntimeError(f"store.flush timed out; {self.store.publisher.outstanding} events not recorded")
+        if self.store.publisher.errors:
+            log(f"    WARNING: {self.store.publisher.errors} Kafka delivery errors so far")
+        return time.perf_counter() - t0
+
+    def make_load_stream(self, events: int) -> Any:
+        handle = ["bench.load-1", 0]
+        for first in range(0, events, 500):
+            self.append_batch(handle, first, min(500, events - first))
+        self.flush()
+        return handle[0]
+
+    def load_aggregate(self, handle: Any) -> int:
+        aggregate = self.BenchAggregate(handle.split(".", 1)[1])
+        for stored in self.store.load_events_sync(handle):
+            aggregate.apply_event(self.deserialize(stored))
+            aggregate.increment_version()
+        return aggregate.version
+
+    def load_raw(self, handle: Any) -> int:
+        return len(self.store.load_events_sync(handle))
+
+    def concurrent_writer(self, index: int):
+        from django.db import connections
+
+        stream_id, state = f"bench.conc-{index}", {"version": 0}
+
+        def append() -> None:
+            self.store.append_events_sync(stream_id, [self.BenchEvent(n=state["version"], text=TEXT)],
+                                          expected_version=state["version"])
+            state["version"] += 1
+
+        return append, connections.close_all  # Django connections are per thread
+
+    def final_check(self) -> dict:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*), count(*) FILTER (WHERE kafka_offset IS NULL) FROM eventstore_event")
+            events, unpublished = cursor.fetchone()
+        if self.store.publisher is not None and unpublished:
+            log(f"    WARNING: {unpublished} of {events} events have no recorded Kafka position")
+        return {"stored_events": events, "unpublished_events": unpublished}
+
+    def close(self) -> None:
+        if self.store.publisher is not None:
+            self.store.flush(60)
+            self.store.publisher.close()
+        from django.db import connections
+        connections.close_all()
+
+
+class Library(System):
+    name = "library"
+
+    def setup(self) -> dict:
+        from eventsourcing.application import Application
+        from eventsourcing.domain import Aggregate, event
+
+        class BenchAggregate(Aggregate):
+            @event("Created")
+            def __init__(self, n: int, text: str) -> None:
+                self.n, self.text, self.count = n, text, 1
+
+            @event("Added")
+            def add(self, n: int, text: str) -> None:
+                self.n, self.text, self.count = n, text, self.count + 1
+
+        class BenchApplication(Application):
+            pass
+
+        self.BenchAggregate = BenchAggregate
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": os.environ["BENCH_LIB_DBNAME"],
+            "POSTGRES_HOST": os.environ.get("BENCH_PG_HOST", "localhost"),
+            "POSTGRES_PORT": os.environ.get("BENCH_PG_PORT", "5432"),
+            "POSTGRES_USER": os.environ.get("BENCH_PG_USER", "postgres"),
+            "POSTGRES_PASSWORD": os.environ.get("BENCH_PG_PASSWORD", ""),
+        }
+        self.app = BenchApplication(env=env)
+        for i in range(30):  # warm up: pool connections, prepared statements
+            self.app.save(BenchAggregate(n=i, text=TEXT))
+        import eventsourcing
+
+        return {"eventsourcing": getattr(eventsourcing, "__version__", "?"),
+                "recorder": type(self.app.recorder).__name__}
+
+    def append_new_stream(self, i: int) -> None:
+        self.app.save(self.BenchAggregate(n=i, text=TEXT))
+
+    def new_batched_stream(self, i: int) -> Any:
+        return [None]
+
+    def append_batch(self, handle: Any, first_n: int, count: int) -> Any:
+        aggregate = handle[0]
+        start = 0
+        if aggregate is None:  # the creation event is the stream's first event
+            aggregate = handle[0] = self.BenchAggregate(n=first_n, text=TEXT)
+            start = 1
+        for k in range(start, count):
+            aggregate.add(n=first_n + k, text=TEXT)
+        self.app.save(aggregate)
+
+    def make_load_stream(self, events: int) -> Any:
+        handle = [None]
+        for first in range(0, events, 500):
+            self.append_batch(handle, first, min(500, events - first))
+        return handle[0].id
+
+    def load_aggregate(self, handle: Any) -> int:
+        return self.app.repository.get(handle).version
+
+    def load_raw(self, handle: Any) -> int:
+        return len(self.app.recorder.select_events(handle))
+
+    def concurrent_writer(self, index: int):
+        state: dict[str, Any] = {"aggregate": None}
+
+        def append() -> None:
+            if state["aggregate"] is None:
+                state["aggregate"] = self.BenchAggregate(n=0, text=TEXT)
+            else:
+                state["aggregate"].add(n=state["aggregate"].count, text=TEXT)
+            self.app.save(state["aggregate"])
+
+        return append, lambda: None
+
+    def final_check(self) -> dict:
+        with self.app.recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) AS n FROM {self.app.recorder.events_table_name}")
+            return {"stored_events": cursor.fetchone()["n"]}
+
+    def close(self) -> None:
+        self.app.close()
+
+
+# --- scenarios (the same code drives both systems) ------------------------------------
+
+class Worker:
+    def __init__(self, system: System, profile_dir: str | None) -> None:
+        self.system = system
+        self.profile_dir = profile_dir
+        self.tag = f"[{system.name}]"
+
+    def _measured(self, scenario: str, body: Callable[[], dict]) -> dict:
+        profiler = cProfile.Profile() if self.profile_dir else None
+        cpu0, counters0 = cpu_seconds(), self.system.counters()
+        if profiler:
+            profiler.enable()
+        try:
+            result = body()
+        finally:
+            if profiler:
+                profiler.disable()
+        result["client_cpu_s"] = cpu_seconds() - cpu0
+        for key, value in self.system.counters().items():
+            result[key] = value - counters0[key]
+        if profiler:
+            path = os.path.join(self.profile_dir, f"profile-{self.system.name}-{scenario}.txt")
+            out = io.StringIO()
+            stats = pstats.Stats(profiler, stream=out)
+            stats.sort_stats("cumulative").print_stats(40)
+            stats.sort_stats("tottime").print_stats(25)
+            with open(path, "w") as f:
+                f.write(out.getvalue())
+            profiler.dump_stats(path[:-4] + ".prof")
+            log(f"    {self.tag} profile written to {path}")
+        return result
+
+    def single(self, n: int) -> dict:
+        def body() -> dict:
+            progress = Progress(f"{self.tag} single-event appends", n)
+            latencies = []
+            t0 = time.perf_counter()
+            for i in range(n):
+                s = time.perf_counter()
+                self.system.append_new_stream(i)
+                latencies.append(time.perf_counter() - s)
+                if i % 100 == 99 or i == n - 1:
+                    progress.tick(i + 1)
+            elapsed = time.perf_counter() - t0
+            flush = self.system.flush()
+            return {"count": n, "elapsed_s": elapsed, "flush_s": flush, **latency_summary(latencies)}
+        return self._measured("single", body)
+
+    def batched(self, streams: int, per_stream: int, batch: int) -> dict:
+        def body() -> dict:
+            total = streams * per_stream
+            progress = Progress(f"{self.tag} batched appends", total, " events")
+            latencies, done = [], 0
+            t0 = time.perf_counter()
+            for s in range(streams):
+                handle = self.system.new_batched_stream(s)
+                for first in range(0, per_stream, batch):
+                    count = min(batch, per_stream - first)
+                    b0 = time.perf_counter()
+                    self.system.append_batch(handle, first, count)
+                    latencies.append(time.perf_counter() - b0)
+                    done += count
+                    progress.tick(done)
+            elapsed = time.perf_counter() - t0
+            flush = self.system.flush()
+            return {"count": total, "batches": len(latencies), "elapsed_s": elapsed, "flush_s": flush,
+                    **{f"batch_{k}": v for k, v in latency_summary(latencies).items()}}
+        return self._measured("batched", body)
+
+    def load(self, events: int, loads: int) -> dict:
+        log(f"    {self.tag} writing a {events}-event stream")
+        handle = self.system.make_load_stream(events)
+
+        def timed(fn: Callable[[Any], int], label: str) -> list[float]:
+            for _ in range(3):  # warm-up, not counted
+                got = fn(handle)
+                if got != events:
+                    raise RuntimeError(f"{label} returned {got} events, expected {events}")
+            progress, times = Progress(f"{self.tag} {label}", loads, " loads"), []
+            for i in range(loads):
+                s = time.perf_counter()
+                fn(handle)
+                times.append(time.perf_counter() - s)
+                progress.tick(i + 1)
+            return times
+
+        def body() -> dict:
+            aggregate = latency_summary(timed(self.system.load_aggregate, "aggregate loads"))
+            raw = latency_summary(timed(self.system.load_raw, "raw loads"))
+            return {"events": events, "loads": loads, **{f"aggregate_{k}": v for k, v in aggregate.items()},
+                    **{f"raw_{k}": v for k, v in raw.items()}}
+        return self._measured("load", body)
+
+    def concurrent(self, threads: int, duration: float) -> dict:
+        def body() -> dict:
+            barrier = threading.Barrier(threads + 1)
+            counts, latencies, spans, errors = [0] * threads, [[] for _ in range(threads)], [None] * threads, []
+
+            def run(index: int) -> None:
+                append, finish = self.system.concurrent_writer(index)
+                try:
+                    append()  # creates the stream and the thread's connection, not counted
+                    barrier.wait()
+                    start = time.perf_counter()
+                    deadline = start + duration
+                    now = start
+                    while now < deadline:
+                        append()
+                        end = time.perf_counter()
+                        latencies[index].append(end - now)
+                        counts[index] += 1
+                        now = end
+                    spans[index] = (start, now)
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    errors.append(f"thread {index}: {exc!r}")
+                    if not barrier.broken:
+                        barrier.abort()
+                finally:
+                    finish()
+
+            workers = [threading.Thread(target=run, args=(i,), name=f"bench-{i}") for i in range(threads)]
+            for w in workers:
+                w.start()
+            barrier.wait()
+            log(f"    {self.tag} {threads} threads appending for {duration:g}s")
+            t0 = time.perf_counter()
+            while any(w.is_alive() for w in workers):
+                time.sleep(0.1)
+                if time.perf_counter() - t0 >= 1.0:
+                    t0 = time.perf_counter()
+                    log(f"    {self.tag} concurrent appends so far: {sum(counts)}")
+            for w in workers:
+                w.join()
+            if errors:
+                raise RuntimeError("; ".join(errors))
+            elapsed = max(s[1] for s in spans) - min(s[0] for s in spans)
+            total = sum(counts)
+            log(f"    {self.tag} concurrent appends: {total} in {elapsed:.2f}s")
+            flush = self.system.flush()
+            return {"threads": threads, "count": total, "elapsed_s": elapsed, "flush_s": flush,
+                    "per_thread": counts, **latency_summary([x for lat in latencies for x in lat])}
+        return self._measured("concurrent", body)
+
+
+def serve(which: str) -> None:
+    """The worker's main loop (stdin commands, JSON answers on the original stdout)."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything else printed to stdout, by Python or C code, goes to stderr
+    sys.stdout = sys.stderr
+    system = Ours() if which == "ours" else Library()
+    worker = Worker(system, os.environ.get("BENCH_PROFILE_DIR") or None)
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command.pop("op")
+        try:
+            if op == "setup":
+                t0 = time.perf_counter()
+                info = system.setup()
+                answer = {"info": info, "setup_s": time.perf_counter() - t0, "rss_kb": rss_kb()}
+            elif op == "finish":
+                answer = {"rss_kb": rss_kb(), "peak_rss_kb": peak_rss_kb(), **system.final_check()}
+                system.close()
+            else:
+                answer = getattr(worker, op)(**command)
+        except Exception:  # noqa: BLE001 - handed to the orchestrator, which stops the run
+            answer = {"error": traceback.format_exc()}
+        protocol.write(json.dumps(answer) + "\n")
+        if op == "finish":
+            break
