@@ -69,7 +69,11 @@ class DomainEvent:
 
     @classmethod
     def data_field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls) if f.name not in ("event_id", "occurred_at"))
+        names = cls.__dict__.get("_data_field_names")
+        if names is None:  # computed once per class, after @dataclass has run
+            names = tuple(f.name for f in fields(cls) if f.name not in ("event_id", "occurred_at"))
+            cls._data_field_names = names
+        return names
 
     def data(self) -> dict[str, Any]:
         """The event's own fields (not its id or time), as Python values."""

@@ -24,7 +24,8 @@ GENESIS_HASH = bytes(32)
 
 
 def canonical_timestamp(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC, microseconds, e.g. 2026-11-29T12:00:00.000000Z."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def content_digest(metadata: EventMetadata, payload: bytes) -> bytes:

@@ -190,8 +190,8 @@ class DjangoRecorder:
 
 _APPEND_SQL = (
     "SELECT outcome, stream_version, published_version, positions, hashes FROM eventstore_append("
-    "%s, %s, %s, %s, %s::uuid[], %s::text[], %s::int[], %s::timestamptz[], %s::text[], %s::text[], "
-    "%s::text[], %s::bytea[], %s::bytea[])"
+    "%s, %s, %s, %s, %b::uuid[], %b::text[], %b::int[], %b::timestamptz[], %b::text[], %b::text[], "
+    "%b::text[], %b::bytea[], %b::bytea[])"  # %b: arrays go in binary, with nothing to escape
 )
 
 
@@ -217,7 +217,7 @@ class PostgresRecorder(DjangoRecorder):
                     [e.schema_version for e in events], [e.occurred_at for e in events],
                     [e.correlation_id for e in events], [e.causation_id for e in events],
                     [e.actor for e in events], [e.payload for e in events], [e.digest for e in events],
-                ], prepare=True).fetchone()
+                ], prepare=True, binary=True).fetchone()
         except DatabaseError as exc:
             diag = getattr(exc.__cause__, "diag", None)
             if diag is not None and diag.message_hint == "eventstore:duplicate-event":
