@@ -5,9 +5,12 @@ import logging
 
 import redis
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 
 from .eventstore import get_event_store
+from .kafka.config import KafkaSettings
+from .kafka.topics import check_topics
 from .operations.relay import KafkaUnavailableError, relay_outbox as relay
 
 logger = logging.getLogger(__name__)
@@ -33,3 +36,12 @@ def relay_outbox() -> int:
             lock.release()
         except redis.exceptions.LockError:
             pass
+
+
+@worker_ready.connect
+def check_topics_at_start(**kwargs) -> None:
+    """Provisions missing topics before this worker publishes anything; reports a mismatch."""
+    try:
+        check_topics(KafkaSettings.from_django())
+    except Exception as exc:  # noqa: BLE001 - the worker still runs; events wait in the outbox
+        logger.error("Kafka topics are not ready at worker start: %s", exc)
