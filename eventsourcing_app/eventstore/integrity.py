@@ -51,7 +51,9 @@ def next_chain_hash(previous: bytes, version: int, digest: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
-class ChainBreak:
+class IntegrityProblem:
+    """The first place where a stream's stored events are not what they should be."""
+
     stream_id: str
     version: int
     reason: str
@@ -60,17 +62,17 @@ class ChainBreak:
         return f"stream {self.stream_id} version {self.version}: {self.reason}"
 
 
-def verify_chain(events: Iterable[StoredEvent]) -> ChainBreak | None:
+def verify_chain(events: Iterable[StoredEvent]) -> IntegrityProblem | None:
     """Recomputes a stream's chain from its first event; returns the first break, if any."""
     previous = GENESIS_HASH
     expected_version = 1
     for stored in events:
         meta = stored.metadata
         if meta.version != expected_version:
-            return ChainBreak(meta.stream_id, expected_version, f"event missing (next stored is version {meta.version})")
+            return IntegrityProblem(meta.stream_id, expected_version, f"event missing (next stored is version {meta.version})")
         computed = next_chain_hash(previous, meta.version, content_digest(meta, stored.payload))
         if computed != bytes(stored.chain_hash):
-            return ChainBreak(meta.stream_id, meta.version, "hash does not match the stored bytes and metadata")
+            return IntegrityProblem(meta.stream_id, meta.version, "hash does not match the stored bytes and metadata")
         previous = computed
         expected_version += 1
     return None

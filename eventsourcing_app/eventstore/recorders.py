@@ -27,7 +27,7 @@ from .errors import DuplicateEventError
 from .integrity import GENESIS_HASH, next_chain_hash
 from .records import EventMetadata, ExpectedVersion, KafkaPosition, StoredEvent
 
-_LOAD_COLUMNS = (
+LOAD_COLUMNS = (
     "position", "event_id", "version", "event_type", "schema_version", "occurred_at", "correlation_id",
     "causation_id", "actor", "payload", "chain_hash", "kafka_topic", "kafka_partition", "kafka_offset",
 )
@@ -69,7 +69,7 @@ class Publication:
     offset: int
 
 
-def _row_to_stored(stream_id: str, row: Sequence) -> StoredEvent:
+def row_to_stored_event(stream_id: str, row: Sequence) -> StoredEvent:
     (position, event_id, version, event_type, schema_version, occurred_at, correlation_id,
      causation_id, actor, payload, chain_hash, topic, partition, offset) = row
     return StoredEvent(
@@ -167,7 +167,7 @@ class DjangoRecorder:
         rows = Event.objects.using(self.alias).filter(stream_id=stream_id, version__gte=from_version)
         if to_version is not None:
             rows = rows.filter(version__lte=to_version)
-        return [_row_to_stored(stream_id, row) for row in rows.order_by("version").values_list(*_LOAD_COLUMNS)]
+        return [row_to_stored_event(stream_id, row) for row in rows.order_by("version").values_list(*LOAD_COLUMNS)]
 
     def stream_version(self, stream_id: str) -> int:
         from ..models import Stream
@@ -195,7 +195,7 @@ _APPEND_SQL = (
 )
 
 
-_LOAD_SQL = (f"SELECT {', '.join(_LOAD_COLUMNS)} FROM eventstore_event "
+_LOAD_SQL = (f"SELECT {', '.join(LOAD_COLUMNS)} FROM eventstore_event "
              "WHERE stream_id = %s AND version >= %s AND version <= %s ORDER BY version")
 _MAX_VERSION = 2**63 - 1
 
@@ -237,7 +237,7 @@ class PostgresRecorder(DjangoRecorder):
             cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
             cursor.execute(_LOAD_SQL, [stream_id, from_version, to_version if to_version is not None else _MAX_VERSION],
                            prepare=True, binary=True)
-            return [_row_to_stored(stream_id, row) for row in cursor.fetchall()]
+            return [row_to_stored_event(stream_id, row) for row in cursor.fetchall()]
 
     def record_publications(self, publications: Sequence[Publication], now: datetime) -> None:
         runs = _contiguous_runs(publications)

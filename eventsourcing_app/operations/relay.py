@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import F
 
 from ..eventstore.errors import EventStoreError
-from ..eventstore.recorders import _LOAD_COLUMNS, _row_to_stored
+from ..eventstore.recorders import LOAD_COLUMNS, row_to_stored_event
 from ..eventstore.store import EventStore
 from ..models import Event, Stream
 
@@ -81,8 +81,8 @@ def relay_outbox(store: EventStore, *, grace_seconds: float = 0.0, batch_size: i
         if not stream_ids:
             break
         rows = (Event.objects.filter(stream_id__in=stream_ids, version__gt=F("stream__published_version"))
-                .order_by("stream_id", "version").values_list("stream_id", *_LOAD_COLUMNS)[:batch_size])
-        events = [_row_to_stored(row[0], row[1:]) for row in rows]
+                .order_by("stream_id", "version").values_list("stream_id", *LOAD_COLUMNS)[:batch_size])
+        events = [row_to_stored_event(row[0], row[1:]) for row in rows]
         before = _published_total(stream_ids)
         if not store.publisher.publish_backlog(events) or not store.publisher.flush(flush_timeout):
             break

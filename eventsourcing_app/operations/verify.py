@@ -13,8 +13,8 @@ from typing import Callable, Iterable, Iterator
 
 from confluent_kafka import KafkaException
 
-from ..eventstore.integrity import ChainBreak, verify_chain
-from ..eventstore.recorders import _LOAD_COLUMNS, _row_to_stored
+from ..eventstore.integrity import IntegrityProblem, verify_chain
+from ..eventstore.recorders import LOAD_COLUMNS, row_to_stored_event
 from ..eventstore.records import StoredEvent
 from ..eventstore.serialization import parse_stream_id
 from ..kafka.config import KafkaSettings
@@ -23,21 +23,11 @@ from ..models import Event, Stream
 
 
 @dataclass
-class Difference:
-    stream_id: str
-    version: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"stream {self.stream_id} version {self.version}: {self.reason}"
-
-
-@dataclass
 class VerificationReport:
     streams: int = 0
     events: int = 0
-    chain_breaks: list[ChainBreak | Difference] = field(default_factory=list)
-    kafka_differences: list[Difference] = field(default_factory=list)
+    chain_breaks: list[IntegrityProblem] = field(default_factory=list)
+    kafka_differences: list[IntegrityProblem] = field(default_factory=list)
     unpublished: int = 0
     kafka_checked: int = 0
 
@@ -46,7 +36,7 @@ class VerificationReport:
         return not self.chain_breaks and not self.kafka_differences
 
     @property
-    def first_problem(self) -> ChainBreak | Difference | None:
+    def first_problem(self) -> IntegrityProblem | None:
         problems = sorted(self.chain_breaks + self.kafka_differences, key=lambda p: (p.stream_id, p.version))
         return problems[0] if problems else None
 
@@ -60,8 +50,8 @@ def verify_integrity(stream_id: str | None = None, *, kafka_settings: KafkaSetti
     if stream_id is not None:
         parse_stream_id(stream_id)
         events, streams = events.filter(stream_id=stream_id), streams.filter(stream_id=stream_id)
-    rows = events.values_list("stream_id", *_LOAD_COLUMNS).iterator(chunk_size=5000)
-    grouped = itertools.groupby((_row_to_stored(row[0], row[1:]) for row in rows), key=lambda e: e.metadata.stream_id)
+    rows = events.values_list("stream_id", *LOAD_COLUMNS).iterator(chunk_size=5000)
+    grouped = itertools.groupby((row_to_stored_event(row[0], row[1:]) for row in rows), key=lambda e: e.metadata.stream_id)
     batch: list[tuple[str, list[StoredEvent]]] = []
     for sid, stream_events in grouped:
         batch.append((sid, list(stream_events)))
@@ -73,7 +63,7 @@ def verify_integrity(stream_id: str | None = None, *, kafka_settings: KafkaSetti
     _check_streams(batch, report)
     # A stream row that claims events none of which exist any more.
     for sid, version in streams.filter(version__gt=0, events__isnull=True).values_list("stream_id", "version"):
-        report.chain_breaks.append(Difference(sid, 1, f"stream row says version {version}, but no event is stored"))
+        report.chain_breaks.append(IntegrityProblem(sid, 1, f"stream row says version {version}, but no event is stored"))
     if kafka_settings is not None:
         _compare_with_kafka(kafka_settings, stream_id, report)
     if progress:
@@ -96,10 +86,10 @@ def _check_streams(batch: list[tuple[str, list[StoredEvent]]], report: Verificat
             continue
         version, last_hash = heads.get(sid, (None, None))
         if version != events[-1].version:
-            report.chain_breaks.append(Difference(sid, events[-1].version + 1,
+            report.chain_breaks.append(IntegrityProblem(sid, events[-1].version + 1,
                                                   f"stream row says version {version}, the events end at {events[-1].version}"))
         elif last_hash != events[-1].chain_hash:
-            report.chain_breaks.append(Difference(sid, events[-1].version, "the stream row's last hash differs"))
+            report.chain_breaks.append(IntegrityProblem(sid, events[-1].version, "the stream row's last hash differs"))
 
 
 def _compare_with_kafka(settings: KafkaSettings, stream_id: str | None, report: VerificationReport) -> None:
@@ -111,8 +101,8 @@ def _compare_with_kafka(settings: KafkaSettings, stream_id: str | None, report: 
                   .distinct())
     for topic, partition in sorted(partitions):
         mirror_rows = (events.filter(kafka_topic=topic, kafka_partition=partition).order_by("kafka_offset")
-                       .values_list("stream_id", *_LOAD_COLUMNS).iterator(chunk_size=5000))
-        mirror = (_row_to_stored(row[0], row[1:]) for row in mirror_rows)
+                       .values_list("stream_id", *LOAD_COLUMNS).iterator(chunk_size=5000))
+        mirror = (row_to_stored_event(row[0], row[1:]) for row in mirror_rows)
         _compare_partition(settings, topic, partition, mirror, report)
 
 
@@ -132,16 +122,16 @@ def _compare_partition(settings: KafkaSettings, topic: str, partition: int, mirr
                 msg = next(messages, None)
             report.kafka_checked += 1
             if msg is None or msg.offset() != offset:
-                report.kafka_differences.append(Difference(
+                report.kafka_differences.append(IntegrityProblem(
                     stored.metadata.stream_id, stored.version,
                     f"missing from Kafka at {topic}[{partition}]@{offset}; refill with `manage.py refill_kafka`"))
                 continue
             reason = _differs(stored, stored_event_from_message(msg))
             if reason:
-                report.kafka_differences.append(Difference(stored.metadata.stream_id, stored.version,
+                report.kafka_differences.append(IntegrityProblem(stored.metadata.stream_id, stored.version,
                                                            f"Kafka copy at {topic}[{partition}]@{offset} differs: {reason}"))
     except (KafkaException, TimeoutError) as exc:
-        report.kafka_differences.append(Difference(first.metadata.stream_id, first.version,
+        report.kafka_differences.append(IntegrityProblem(first.metadata.stream_id, first.version,
                                                    f"cannot read {topic}[{partition}] ({exc})"))
     finally:
         close = getattr(messages, "close", None)
