@@ -123,7 +123,7 @@ BEGIN
 
     FOR i IN 1..v_count LOOP
         v_hash := sha256(v_hash || int8send(v_version + i) || p_digests[i]);
-        v_hashes := v_hashes || v_hash;
+        v_hashes[i] := v_hash;  -- in place; `v_hashes || v_hash` would copy the array each time
     END LOOP;
 
     WITH inserted AS (
