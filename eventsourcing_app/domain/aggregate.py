@@ -15,6 +15,11 @@ class EventSourcedAggregate:
     """
 
     aggregate_type: ClassVar[str] = ""
+    # Bump when the shape of to_snapshot() changes: older snapshots are then ignored and the
+    # aggregate is rebuilt from its events.
+    snapshot_schema_version: ClassVar[int] = 1
+    # Keys of to_snapshot() holding personal data, stored encrypted like event fields.
+    snapshot_sensitive_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, id: str) -> None:
         self.id = id
@@ -43,6 +48,24 @@ class EventSourcedAggregate:
 
     def apply_event(self, event: DomainEvent) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not apply {event.event_type}")
+
+    @classmethod
+    def create_empty(cls, id: str) -> "EventSourcedAggregate":
+        """An aggregate with no history, to replay stored events into."""
+        return cls(id)
+
+    def snapshot_subject(self) -> tuple[str, str] | None:
+        """(subject type, subject id) whose key protects the snapshot's sensitive fields."""
+        return None
+
+    def to_snapshot(self) -> dict:
+        """The state as JSON-friendly values (not the version or pending events)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be snapshotted")
+
+    @classmethod
+    def from_snapshot(cls, id: str, version: int, state: dict) -> "EventSourcedAggregate":
+        """The aggregate at `version`, rebuilt from to_snapshot()'s output."""
+        raise NotImplementedError(f"{cls.__name__} cannot be restored from a snapshot")
 
     def _raise_event(self, event: DomainEvent) -> None:
         """Applies a new event to the state and keeps it for the next save."""

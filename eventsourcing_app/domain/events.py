@@ -44,6 +44,11 @@ class DomainEvent:
 
     event_type: ClassVar[str] = "DomainEvent"
     schema_version: ClassVar[int] = 1
+    # Personal data: these fields are stored encrypted with the data subject's own key, so
+    # that destroying the key erases them everywhere (crypto-shredding).
+    sensitive_fields: ClassVar[tuple[str, ...]] = ()
+    # (subject type, name of the field holding the subject's id), e.g. ("child", "child_id").
+    data_subject: ClassVar[tuple[str, str] | None] = None
 
     def __init_subclass__(cls, event_type: str | None = None, schema_version: int | None = None, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -78,6 +83,13 @@ class DomainEvent:
     def data(self) -> dict[str, Any]:
         """The event's own fields (not its id or time), as Python values."""
         return {name: getattr(self, name) for name in self.data_field_names()}
+
+    def subject(self) -> tuple[str, str] | None:
+        """(subject type, subject id) whose key protects this event's sensitive fields."""
+        if not self.sensitive_fields or self.data_subject is None:
+            return None
+        subject_type, field_name = self.data_subject
+        return subject_type, str(getattr(self, field_name))
 
 
 def event_classes() -> dict[str, dict[int, type[DomainEvent]]]:
