@@ -21,6 +21,7 @@ this very command.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
 import os
@@ -364,10 +365,23 @@ def admin_credentials() -> tuple[str, str, str]:
     return username, password, f"generated, stored in {shown(password_file)}"
 
 
+def local_master_key() -> str:
+    """The local run's master key, made once and kept in var/master-key: the personal data in
+    the local database stays readable from one run to the next (losing it erases that data)."""
+    key_file = VAR / "master-key"
+    if key_file.exists() and key_file.read_text().strip():
+        return key_file.read_text().strip()
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
 def check_settings(stack: Stack) -> set[str]:
     """Fails on a bad environment variable, with the settings' own message naming it, before
     anything is started; returns the management commands available."""
-    run_step(stack, "checking settings", manage("check"))
+    run_step(stack, "checking settings", manage("check", "--database", "default"))
     return set(run_step(stack, "listing commands", manage("help", "--commands")).split())
 
 
@@ -566,6 +580,9 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
         stack.env["TEDDY_DATA_DIR"] = str(VAR)  # made absolute: the children run from ROOT
     (LOGS / "setup.log").write_bytes(b"")  # this run's setup output only
 
+    if not env_is_set("TEDDY_MASTER_KEYS"):
+        stack.env["TEDDY_MASTER_KEYS"] = local_master_key()
+        say(f"privacy   master key from {shown(VAR / 'master-key')} (set TEDDY_MASTER_KEYS to use your own)")
     kafka_is_embedded = not env_is_set("KAFKA_BOOTSTRAP_SERVERS")
     say("checking settings ...")
     commands = check_settings(stack)

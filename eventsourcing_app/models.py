@@ -71,6 +71,8 @@ class Event(models.Model):
     correlation_id = models.CharField(max_length=100, null=True, blank=True)
     causation_id = models.CharField(max_length=100, null=True, blank=True)
     actor = models.CharField(max_length=200, null=True, blank=True)
+    # "child:child-123": whose data key encrypts the payload's sensitive fields, if any.
+    data_subject = models.CharField(max_length=240, null=True, blank=True)
     payload = models.BinaryField()
     chain_hash = models.BinaryField(max_length=32)
     kafka_topic = models.CharField(max_length=249, null=True, blank=True)
@@ -93,6 +95,8 @@ class Event(models.Model):
                          condition=models.Q(correlation_id__isnull=False)),
             models.Index(fields=["causation_id"], name="eventstore_event_causation",
                          condition=models.Q(causation_id__isnull=False)),
+            models.Index(fields=["data_subject"], name="eventstore_event_subject",
+                         condition=models.Q(data_subject__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -103,3 +107,44 @@ class Event(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ImmutableEventError("stored events are immutable and cannot be deleted")
+
+
+class Snapshot(models.Model):
+    """An aggregate's state at a version; its sensitive fields are encrypted like events'."""
+
+    stream = models.ForeignKey(Stream, on_delete=models.PROTECT, db_column="stream_id", related_name="snapshots",
+                               db_index=False)
+    version = models.BigIntegerField()
+    aggregate_type = models.CharField(max_length=40)
+    schema_version = models.PositiveSmallIntegerField(help_text="The aggregate's snapshot schema version.")
+    state = models.BinaryField()
+    data_subject = models.CharField(max_length=240, null=True, blank=True)
+    created_at = models.DateTimeField()
+    kafka_topic = models.CharField(max_length=249, null=True, blank=True)
+    kafka_partition = models.IntegerField(null=True, blank=True)
+    kafka_offset = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = "eventstore_snapshot"
+        constraints = [models.UniqueConstraint(fields=["stream", "version"], name="eventstore_snapshot_stream_version")]
+        indexes = [models.Index(fields=["data_subject"], name="eventstore_snapshot_subject",
+                                condition=models.Q(data_subject__isnull=False))]
+
+    def __str__(self) -> str:
+        return f"{self.stream_id} @ v{self.version}"
+
+
+class SubjectKey(models.Model):
+    """A data subject's data key, wrapped by a master key; NULL once destroyed (erased)."""
+
+    subject = models.CharField(max_length=240, primary_key=True)
+    wrapped_key = models.BinaryField(null=True)
+    master_key_id = models.CharField(max_length=40, null=True)
+    created_at = models.DateTimeField()
+    destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "privacy_subject_key"
+
+    def __str__(self) -> str:
+        return f"{self.subject} ({'erased' if self.destroyed_at else 'active'})"

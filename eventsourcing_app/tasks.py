@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import redis
 from celery import shared_task
@@ -39,8 +40,13 @@ def relay_outbox() -> int:
 
 
 @worker_ready.connect
-def check_topics_at_start(**kwargs) -> None:
-    """Provisions missing topics before this worker publishes anything; reports a mismatch."""
+def check_at_start(**kwargs) -> None:
+    """Refuses to run with a wrong master key; provisions missing topics before publishing."""
+    from .checks import check_master_keys
+
+    for error in check_master_keys(databases=["default"]):
+        logger.critical("%s (%s)", error.msg, error.hint)
+        os._exit(78)  # EX_CONFIG: a worker must not run with keys that cannot read the data
     try:
         check_topics(KafkaSettings.from_django())
     except Exception as exc:  # noqa: BLE001 - the worker still runs; events wait in the outbox

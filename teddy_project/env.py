@@ -5,6 +5,8 @@ message that names the variable, what was found and what is expected.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from typing import Callable, TypeVar
@@ -84,3 +86,26 @@ def env_list(name: str, default: str, item_pattern: str) -> list[str]:
         return items
 
     return _read(name, default, parse, f"a comma-separated list of {item_pattern}")
+
+
+def env_master_keys(name: str) -> list[bytes]:
+    """One or more base64-encoded 32-byte keys, comma-separated; required."""
+
+    def parse(value: str) -> list[bytes]:
+        keys = []
+        for item in (part.strip() for part in value.split(",") if part.strip()):
+            standard = item.replace("-", "+").replace("_", "/")  # url-safe base64 too
+            try:
+                key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"{item[:6]}... is not base64") from None
+            if len(key) != 32:
+                raise ValueError(f"a key decodes to {len(key)} bytes, not 32")
+            keys.append(key)
+        if not keys:
+            raise ValueError("no key given")
+        return keys
+
+    return _read(name, None, parse,
+                 "base64 of 32 random bytes, e.g. from `python -c \"import os,base64;"
+                 "print(base64.b64encode(os.urandom(32)).decode())\"`; comma-separate older keys during a rotation")

@@ -10,7 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_float, env_int, env_list, env_str
+from .env import env_bool, env_float, env_int, env_list, env_master_keys, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("TEDDY_DATA_DIR", str(BASE_DIR / "var")))
@@ -119,6 +119,11 @@ EVENTSTORE = {
     "RELAY_INTERVAL_SECONDS": env_float("EVENTSTORE_RELAY_INTERVAL_SECONDS", 1.0, minimum=0.1),
     "RELAY_BATCH_SIZE": env_int("EVENTSTORE_RELAY_BATCH_SIZE", 5000, minimum=1),
 }
+
+# --- Personal data: per-subject data keys, wrapped by a master key (crypto-shredding).
+# TEDDY_MASTER_KEYS: base64 of 32 random bytes; several comma-separated during a rotation,
+# the first wraps new data keys. Required: without it no personal data can be read or written.
+TEDDY_MASTER_KEYS = env_master_keys("TEDDY_MASTER_KEYS")
 
 CELERY_BEAT_SCHEDULE = {
     "relay-outbox": {

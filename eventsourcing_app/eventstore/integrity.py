@@ -39,6 +39,7 @@ def content_digest(metadata: EventMetadata, payload: bytes) -> bytes:
             metadata.correlation_id,
             metadata.causation_id,
             metadata.actor,
+            metadata.data_subject,
         ],
         separators=(",", ":"),
         ensure_ascii=True,

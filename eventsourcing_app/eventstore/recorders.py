@@ -25,11 +25,12 @@ from psycopg.types.datetime import TimestamptzLoader
 
 from .errors import DuplicateEventError
 from .integrity import GENESIS_HASH, next_chain_hash
-from .records import EventMetadata, ExpectedVersion, KafkaPosition, StoredEvent
+from .records import EventMetadata, ExpectedVersion, KafkaPosition, KeyMaterial, StoredEvent
 
 LOAD_COLUMNS = (
     "position", "event_id", "version", "event_type", "schema_version", "occurred_at", "correlation_id",
-    "causation_id", "actor", "payload", "chain_hash", "kafka_topic", "kafka_partition", "kafka_offset",
+    "causation_id", "actor", "data_subject", "payload", "chain_hash", "kafka_topic", "kafka_partition",
+    "kafka_offset",
 )
 
 
@@ -44,6 +45,7 @@ class PendingEvent:
     correlation_id: str | None
     causation_id: str | None
     actor: str | None
+    data_subject: str | None
     payload: bytes
     digest: bytes
 
@@ -69,9 +71,9 @@ class Publication:
     offset: int
 
 
-def row_to_stored_event(stream_id: str, row: Sequence) -> StoredEvent:
+def row_to_stored_event(stream_id: str, row: Sequence, subject_key: KeyMaterial | None = None) -> StoredEvent:
     (position, event_id, version, event_type, schema_version, occurred_at, correlation_id,
-     causation_id, actor, payload, chain_hash, topic, partition, offset) = row
+     causation_id, actor, data_subject, payload, chain_hash, topic, partition, offset) = row[:15]
     return StoredEvent(
         metadata=EventMetadata(
             event_id=str(event_id),
@@ -84,10 +86,12 @@ def row_to_stored_event(stream_id: str, row: Sequence) -> StoredEvent:
             schema_version=schema_version,
             actor=actor,
             global_position=position,
+            data_subject=data_subject,
         ),
         payload=bytes(payload),
         chain_hash=bytes(chain_hash),
         kafka_position=KafkaPosition(topic, partition, offset) if topic is not None else None,
+        subject_key=subject_key,
     )
 
 
@@ -134,8 +138,8 @@ class DjangoRecorder:
                     event_id=pending.event_id, stream_id=stream_id, version=version + offset,
                     event_type=pending.event_type, schema_version=pending.schema_version,
                     occurred_at=pending.occurred_at, correlation_id=pending.correlation_id,
-                    causation_id=pending.causation_id, actor=pending.actor, payload=pending.payload,
-                    chain_hash=chain))
+                    causation_id=pending.causation_id, actor=pending.actor, data_subject=pending.data_subject,
+                    payload=pending.payload, chain_hash=chain))
             created = Event.objects.using(self.alias).bulk_create(rows)
             new_version = version + len(events)
             Stream.objects.using(self.alias).filter(pk=stream_id).update(
@@ -167,7 +171,9 @@ class DjangoRecorder:
         rows = Event.objects.using(self.alias).filter(stream_id=stream_id, version__gte=from_version)
         if to_version is not None:
             rows = rows.filter(version__lte=to_version)
-        return [row_to_stored_event(stream_id, row) for row in rows.order_by("version").values_list(*LOAD_COLUMNS)]
+        rows = list(rows.order_by("version").values_list(*LOAD_COLUMNS))
+        materials = _key_materials({row[9] for row in rows if row[9] is not None}, self.alias)
+        return [row_to_stored_event(stream_id, row, materials.get(row[9])) for row in rows]
 
     def stream_version(self, stream_id: str) -> int:
         from ..models import Stream
@@ -191,12 +197,15 @@ class DjangoRecorder:
 _APPEND_SQL = (
     "SELECT outcome, stream_version, published_version, positions, hashes FROM eventstore_append("
     "%s, %s, %s, %s, %b::uuid[], %b::text[], %b::int[], %b::timestamptz[], %b::text[], %b::text[], "
-    "%b::text[], %b::bytea[], %b::bytea[])"  # %b: arrays go in binary, with nothing to escape
+    "%b::text[], %b::text[], %b::bytea[], %b::bytea[])"  # %b: arrays go in binary, nothing to escape
 )
 
 
-_LOAD_SQL = (f"SELECT {', '.join(LOAD_COLUMNS)} FROM eventstore_event "
-             "WHERE stream_id = %s AND version >= %s AND version <= %s ORDER BY version")
+# The subject's key row comes with the events: one round trip, and a key destroyed by an
+# erasure is never used again.
+_LOAD_SQL = (f"SELECT {', '.join('e.' + c for c in LOAD_COLUMNS)}, k.wrapped_key, k.master_key_id "
+             "FROM eventstore_event e LEFT JOIN privacy_subject_key k ON k.subject = e.data_subject "
+             "WHERE e.stream_id = %s AND e.version >= %s AND e.version <= %s ORDER BY e.version")
 _MAX_VERSION = 2**63 - 1
 
 
@@ -216,7 +225,8 @@ class PostgresRecorder(DjangoRecorder):
                     [e.event_id for e in events], [e.event_type for e in events],
                     [e.schema_version for e in events], [e.occurred_at for e in events],
                     [e.correlation_id for e in events], [e.causation_id for e in events],
-                    [e.actor for e in events], [e.payload for e in events], [e.digest for e in events],
+                    [e.actor for e in events], [e.data_subject for e in events], [e.payload for e in events],
+                    [e.digest for e in events],
                 ], prepare=True, binary=True).fetchone()
         except DatabaseError as exc:
             diag = getattr(exc.__cause__, "diag", None)
@@ -237,7 +247,8 @@ class PostgresRecorder(DjangoRecorder):
             cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
             cursor.execute(_LOAD_SQL, [stream_id, from_version, to_version if to_version is not None else _MAX_VERSION],
                            prepare=True, binary=True)
-            return [row_to_stored_event(stream_id, row) for row in cursor.fetchall()]
+            return [row_to_stored_event(stream_id, row, KeyMaterial(row[15], row[16]) if row[9] is not None else None)
+                    for row in cursor.fetchall()]
 
     def record_publications(self, publications: Sequence[Publication], now: datetime) -> None:
         runs = _contiguous_runs(publications)
@@ -256,6 +267,15 @@ class PostgresRecorder(DjangoRecorder):
                 "WHERE s.stream_id = x.sid AND s.published_version >= x.first - 1 AND s.published_version < x.last",
                 [[r[0] for r in runs], [r[1] for r in runs], [r[2] for r in runs]],
             )
+
+
+def _key_materials(subjects: set[str], alias: str) -> dict[str, KeyMaterial]:
+    from ..models import SubjectKey
+
+    if not subjects:
+        return {}
+    rows = SubjectKey.objects.using(alias).filter(pk__in=subjects).values_list("subject", "wrapped_key", "master_key_id")
+    return {s: KeyMaterial(bytes(w) if w is not None else None, m) for s, w, m in rows}
 
 
 def _expectation_holds(expected: int, version: int) -> bool:

@@ -38,6 +38,19 @@ class EventMetadata:
     schema_version: int = 1
     actor: str | None = None
     global_position: int | None = None
+    data_subject: str | None = None  # whose key encrypts the sensitive fields, e.g. "child:c-1"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterial:
+    """A data subject's key row as read with the data: the wrapped key, or None once erased."""
+
+    wrapped: bytes | None
+    master_key_id: str | None
+
+    @property
+    def erased(self) -> bool:
+        return self.wrapped is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +68,8 @@ class StoredEvent:
     payload: bytes
     chain_hash: bytes = b""
     kafka_position: KafkaPosition | None = None
+    # The subject's key row as loaded with the event, if it has encrypted fields.
+    subject_key: KeyMaterial | None = field(default=None, compare=False, repr=False)
     _data_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property

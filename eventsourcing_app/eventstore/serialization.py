@@ -29,6 +29,7 @@ from .errors import (
     MalformedEventError,
     UnknownEventTypeError,
 )
+from ..privacy.cipher import decrypt_fields, has_envelopes
 from .records import StoredEvent
 
 STREAM_ID_MAX_LENGTH = 200
@@ -88,10 +89,18 @@ def _to_json_value(value: Any, path: str) -> Any:
     )
 
 
-def encode_payload(event: DomainEvent) -> bytes:
-    """The event's data as canonical JSON bytes."""
-    data = {name: _to_json_value(value, f"{event.event_type}.{name}") for name, value in event.data().items()}
+def json_data(event: DomainEvent) -> dict:
+    """The event's data as JSON values."""
+    return {name: _to_json_value(value, f"{event.event_type}.{name}") for name, value in event.data().items()}
+
+
+def canonical_json(data: dict) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def encode_payload(event: DomainEvent) -> bytes:
+    """The event's data as canonical JSON bytes (unencrypted)."""
+    return canonical_json(json_data(event))
 
 
 # --- Decoding and upcasting ----------------------------------------------------------
@@ -173,6 +182,11 @@ class EventTypeRegistry:
             raise MalformedEventError(f"{where}: payload is not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise MalformedEventError(f"{where}: payload is a JSON {type(data).__name__}, expected an object")
+        if meta.data_subject is not None and has_envelopes(data):
+            from ..privacy.keys import get_subject_keys
+
+            key = get_subject_keys().key_for_reading(meta.data_subject, stored.subject_key)
+            data = decrypt_fields(data, key, meta.data_subject, meta.event_id)  # erased: fields read None
 
         # Lift the stored shape one schema version at a time, as a dict or as an object.
         version = meta.schema_version

@@ -29,7 +29,9 @@ from .errors import (
 from .integrity import content_digest
 from .records import AppendResult, EventMetadata, ExpectedVersion, StoredEvent
 from .recorders import DjangoRecorder, PendingEvent
-from .serialization import encode_payload, parse_stream_id, registry
+from ..privacy.cipher import encrypt_fields
+from ..privacy.keys import get_subject_keys
+from .serialization import canonical_json, json_data, parse_stream_id, registry
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +117,12 @@ class EventStore:
             if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
                 raise EventStoreError(f"{cls.event_type}.occurred_at must be a timezone-aware datetime")
             occurred_at = occurred_at.astimezone(timezone.utc)
-            payload = encode_payload(event)
+            data = json_data(event)
+            subject = self._subject_of(event, cls)
+            if subject is not None:
+                key = get_subject_keys().key_for_writing(subject)
+                data = encrypt_fields(data, cls.sensitive_fields, key, subject, str(event_id))
+            payload = canonical_json(data)
             size = len(payload) + _HEADER_OVERHEAD
             if size > self.max_event_bytes:
                 raise EventTooLargeError(
@@ -125,13 +132,29 @@ class EventStore:
                 )
             metadata = EventMetadata(
                 event_id=str(event_id), stream_id=stream_id, event_type=cls.event_type, version=0,
-                timestamp=occurred_at, schema_version=cls.schema_version, **context,
+                timestamp=occurred_at, schema_version=cls.schema_version, data_subject=subject, **context,
             )
             pending.append(PendingEvent(
                 event_id=event_id, event_type=cls.event_type, schema_version=cls.schema_version,
-                occurred_at=occurred_at, payload=payload, digest=content_digest(metadata, payload), **context,
+                occurred_at=occurred_at, data_subject=subject, payload=payload,
+                digest=content_digest(metadata, payload), **context,
             ))
         return pending
+
+    @staticmethod
+    def _subject_of(event: DomainEvent, cls: type[DomainEvent]) -> str | None:
+        """"child:child-123" for an event with personal data, else None."""
+        if not cls.sensitive_fields:
+            return None
+        if cls.data_subject is None:
+            raise EventStoreError(f"{cls.event_type} has sensitive fields but no data_subject to encrypt them for")
+        subject_type, field_name = cls.data_subject
+        subject_id = getattr(event, field_name, None)
+        if not subject_id or not isinstance(subject_id, str):
+            raise EventStoreError(
+                f"{cls.event_type}.{field_name} must name the {subject_type} whose key encrypts its personal data, "
+                f"not {subject_id!r}")
+        return f"{subject_type}:{subject_id}"
 
     # --- read ------------------------------------------------------------------------
 
@@ -217,6 +240,7 @@ def _metadata(stream_id: str, version: int, pending: PendingEvent, position: int
         event_id=str(pending.event_id), stream_id=stream_id, event_type=pending.event_type, version=version,
         timestamp=pending.occurred_at, correlation_id=pending.correlation_id, causation_id=pending.causation_id,
         schema_version=pending.schema_version, actor=pending.actor, global_position=position,
+        data_subject=pending.data_subject,
     )
 
 

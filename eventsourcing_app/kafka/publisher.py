@@ -53,7 +53,7 @@ def event_headers(stored: StoredEvent) -> list[tuple[str, bytes]]:
         ("chain_hash", stored.chain_hash.hex().encode()),
         ("content_type", b"application/json"),
     ]
-    for name in ("correlation_id", "causation_id", "actor"):
+    for name in ("correlation_id", "causation_id", "actor", "data_subject"):
         value = getattr(meta, name)
         if value is not None:
             headers.append((name, value.encode()))

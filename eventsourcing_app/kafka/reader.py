@@ -37,6 +37,7 @@ def stored_event_from_message(msg) -> StoredEvent:
             schema_version=int(headers["schema_version"]),
             actor=headers.get("actor"),
             global_position=int(position) if position is not None else None,
+            data_subject=headers.get("data_subject"),
         ),
         payload=msg.value() or b"",
         chain_hash=bytes.fromhex(headers.get("chain_hash", "")),

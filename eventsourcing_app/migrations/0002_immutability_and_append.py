@@ -36,10 +36,12 @@ BEGIN
             USING ERRCODE = 'restrict_violation';
     END IF;
     IF (NEW.position, NEW.event_id, NEW.stream_id, NEW.version, NEW.event_type, NEW.schema_version,
-        NEW.occurred_at, NEW.correlation_id, NEW.causation_id, NEW.actor, NEW.payload, NEW.chain_hash)
+        NEW.occurred_at, NEW.correlation_id, NEW.causation_id, NEW.actor, NEW.data_subject, NEW.payload,
+        NEW.chain_hash)
        IS DISTINCT FROM
        (OLD.position, OLD.event_id, OLD.stream_id, OLD.version, OLD.event_type, OLD.schema_version,
-        OLD.occurred_at, OLD.correlation_id, OLD.causation_id, OLD.actor, OLD.payload, OLD.chain_hash) THEN
+        OLD.occurred_at, OLD.correlation_id, OLD.causation_id, OLD.actor, OLD.data_subject, OLD.payload,
+        OLD.chain_hash) THEN
         RAISE EXCEPTION 'stored events are immutable: UPDATE of event % refused (only Kafka positions may be recorded)', OLD.event_id
             USING ERRCODE = 'restrict_violation';
     END IF;
@@ -60,7 +62,8 @@ CREATE TRIGGER eventstore_event_no_truncate BEFORE TRUNCATE ON eventstore_event
 CREATE OR REPLACE FUNCTION eventstore_append(
     p_stream_id text, p_stream_type text, p_expected bigint, p_now timestamptz,
     p_event_ids uuid[], p_event_types text[], p_schema_versions int[], p_occurred_at timestamptz[],
-    p_correlation_ids text[], p_causation_ids text[], p_actors text[], p_payloads bytea[], p_digests bytea[]
+    p_correlation_ids text[], p_causation_ids text[], p_actors text[], p_subjects text[], p_payloads bytea[],
+    p_digests bytea[]
 ) RETURNS TABLE(outcome text, stream_version bigint, published_version bigint, positions bigint[], hashes bytea[])
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -128,11 +131,12 @@ BEGIN
 
     WITH inserted AS (
         INSERT INTO eventstore_event (event_id, stream_id, version, event_type, schema_version, occurred_at,
-                                      correlation_id, causation_id, actor, payload, chain_hash)
-        SELECT x.id, p_stream_id, v_version + x.n, x.etype, x.sver, x.occ, x.corr, x.caus, x.actor, x.payload, v_hashes[x.n]
+                                      correlation_id, causation_id, actor, data_subject, payload, chain_hash)
+        SELECT x.id, p_stream_id, v_version + x.n, x.etype, x.sver, x.occ, x.corr, x.caus, x.actor, x.subject,
+               x.payload, v_hashes[x.n]
           FROM unnest(p_event_ids, p_event_types, p_schema_versions, p_occurred_at, p_correlation_ids,
-                      p_causation_ids, p_actors, p_payloads)
-               WITH ORDINALITY AS x(id, etype, sver, occ, corr, caus, actor, payload, n)
+                      p_causation_ids, p_actors, p_subjects, p_payloads)
+               WITH ORDINALITY AS x(id, etype, sver, occ, corr, caus, actor, subject, payload, n)
          ORDER BY x.n
         RETURNING position, version
     )
@@ -146,7 +150,7 @@ END $$;
 """
 
 POSTGRES_BACKWARD = r"""
-DROP FUNCTION IF EXISTS eventstore_append(text, text, bigint, timestamptz, uuid[], text[], int[], timestamptz[], text[], text[], text[], bytea[], bytea[]);
+DROP FUNCTION IF EXISTS eventstore_append(text, text, bigint, timestamptz, uuid[], text[], int[], timestamptz[], text[], text[], text[], text[], bytea[], bytea[]);
 DROP TRIGGER IF EXISTS eventstore_event_no_update ON eventstore_event;
 DROP TRIGGER IF EXISTS eventstore_event_no_delete ON eventstore_event;
 DROP TRIGGER IF EXISTS eventstore_event_no_truncate ON eventstore_event;
@@ -156,7 +160,7 @@ DROP FUNCTION IF EXISTS eventstore_event_immutable();
 SQLITE_FORWARD = [
     """CREATE TRIGGER eventstore_event_no_update BEFORE UPDATE OF
          position, event_id, stream_id, version, event_type, schema_version, occurred_at,
-         correlation_id, causation_id, actor, payload, chain_hash ON eventstore_event
+         correlation_id, causation_id, actor, data_subject, payload, chain_hash ON eventstore_event
        BEGIN SELECT RAISE(ABORT, 'stored events are immutable: UPDATE refused (only Kafka positions may be recorded)'); END""",
     """CREATE TRIGGER eventstore_event_no_delete BEFORE DELETE ON eventstore_event
        BEGIN SELECT RAISE(ABORT, 'stored events are immutable: DELETE refused'); END""",

@@ -132,7 +132,7 @@ def test_old_events_are_upcast_step_by_step_to_the_newest_class():
     assert event.event_id == old.metadata.event_id and event.occurred_at == NOW
 
 
-def test_only_the_newest_schema_version_can_be_written():
+def test_the_registry_refuses_non_events_and_knows_the_newest_version():
     with pytest.raises(UnknownEventTypeError):
         registry.ensure_writable("not an event")
     assert registry.current_version("test.Greeting") == 3

@@ -1,0 +1,166 @@
+"""The errors a command can raise when it breaks a rule of the domain, and the value checks
+the aggregates share to raise them.
+
+Every error is a `DomainError`: the command was refused and the aggregate did not change (no
+state change, no pending event). Each error takes one message that names what was wrong and,
+where it helps, what to do; keeping to a single message argument keeps them picklable, so
+they survive a trip through Celery.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+
+from .events import DomainError
+
+
+# --- Invalid input -----------------------------------------------------------------
+
+class InvalidValue(DomainError):
+    """A command argument has the wrong type, is empty, too long or outside its range."""
+
+
+class InvalidName(InvalidValue):
+    """A name is not a non-empty string of at most 100 characters."""
+
+
+class InvalidAge(InvalidValue):
+    """A child's age is not a whole number from 3 to 13."""
+
+
+class UnknownField(InvalidValue):
+    """A change names a field that cannot be changed that way."""
+
+
+class UnknownProfileField(UnknownField):
+    """A child profile change names a field other than the allowed ones."""
+
+
+class UnknownSettingField(UnknownField):
+    """A parent settings change names a setting other than the allowed ones."""
+
+
+# --- Commands that do not fit the aggregate's state --------------------------------
+
+class AlreadyRegistered(DomainError):
+    """The parent or child is registered already."""
+
+
+class NotRegistered(DomainError):
+    """The command needs a registered parent or child."""
+
+
+class AggregateDeactivated(DomainError):
+    """The parent or child was deactivated; it takes no more commands."""
+
+
+class PersonalDataErased(DomainError):
+    """The child's personal data was erased; the child takes no more commands."""
+
+
+class DevicePairingError(DomainError):
+    """Pairing or unpairing a device does not fit the child's current device."""
+
+
+class ConsentError(DomainError):
+    """Granting or withdrawing parental consent does not fit the consents on record."""
+
+
+class ConversationNotStarted(DomainError):
+    """The command needs a started conversation."""
+
+
+class ConversationAlreadyStarted(DomainError):
+    """The conversation was started already."""
+
+
+class ConversationAlreadyEnded(DomainError):
+    """The conversation ended; nothing more is recorded in it."""
+
+
+class ConversationNotEnded(DomainError):
+    """The command (summarizing) needs an ended conversation."""
+
+
+# --- Value checks shared by the aggregates -----------------------------------------
+# Each returns the value to store (e.g. stripped) or raises the error given.
+
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}")
+
+
+def check_text(value: object, what: str, *, max_length: int, error: type[DomainError] = InvalidValue,
+               strip: bool = True) -> str:
+    """A non-blank string of at most `max_length` characters (stripped unless strip=False)."""
+    if not isinstance(value, str):
+        raise error(f"{what} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise error(f"{what} must not be empty")
+    if strip:
+        value = value.strip()
+    if len(value) > max_length:
+        raise error(f"{what} is {len(value)} characters long; the limit is {max_length}")
+    return value
+
+
+def check_optional_text(value: object, what: str, *, max_length: int = 500) -> str | None:
+    """None, or a non-blank string of at most `max_length` characters (stripped)."""
+    return None if value is None else check_text(value, what, max_length=max_length)
+
+
+def check_id(value: object, id_type: type[str], what: str) -> str:
+    """A non-empty id without surrounding whitespace, as `id_type` (e.g. ChildId)."""
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise InvalidValue(f"{what} must be a non-empty string without surrounding spaces, not {value!r}")
+    return id_type(value)
+
+
+def check_int(value: object, what: str, low: int, high: int, *, error: type[DomainError] = InvalidValue) -> int:
+    """An int (not a bool) from `low` to `high` inclusive."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise error(f"{what} must be a whole number, not {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise error(f"{what} {value} is outside {low}..{high}")
+    return value
+
+
+def check_bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue(f"{what} must be true or false, not {type(value).__name__} {value!r}")
+    return value
+
+
+def check_choice(value: object, what: str, choices: Iterable[str]) -> str:
+    """One of `choices` (exactly as written)."""
+    choices = sorted(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidValue(f"{what} {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def check_aware_datetime(value: object, what: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise InvalidValue(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidValue(f"{what} {value.isoformat()} has no time zone; give it one (e.g. UTC)")
+    return value
+
+
+def check_changes(changes: object, what: str, allowed: Iterable[str], unknown_error: type[UnknownField]) -> dict:
+    """A non-empty dict whose keys are all among `allowed`."""
+    allowed = sorted(allowed)
+    if not isinstance(changes, dict):
+        raise InvalidValue(f"{what} must be a dict of field -> new value, not {type(changes).__name__}")
+    if not changes:
+        raise InvalidValue(f"{what} is empty; give at least one of {', '.join(allowed)}")
+    for key in changes:
+        if key not in allowed:
+            raise unknown_error(f"{what} has unknown field {key!r}; allowed fields are {', '.join(allowed)}")
+    return changes
+
+
+def check_language(value: object, what: str = "language") -> str:
+    """A language tag such as 'en', 'ar' or 'pt-BR'."""
+    if not isinstance(value, str) or not _LANGUAGE_TAG.fullmatch(value):
+        raise InvalidValue(f"{what} {value!r} is not a language tag such as 'en', 'ar' or 'pt-BR'")
+    return value

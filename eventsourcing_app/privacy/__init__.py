@@ -1,0 +1,3 @@
+"""Personal data protection: per-subject data keys wrapped by a master key, and encrypted
+event and snapshot fields, so that destroying a subject's key erases its personal data from
+every copy of an immutable log (crypto-shredding)."""

@@ -1,0 +1,75 @@
+"""Encrypted fields inside JSON payloads (events and snapshots).
+
+A sensitive field's JSON value is replaced by an envelope
+
+    {"$enc": 1, "n": <nonce, base64>, "c": <AES-256-GCM ciphertext of the value's JSON, base64>}
+
+under the subject's data key. The associated data binds the ciphertext to its subject, to the
+event (or snapshot) and to the field name, so it cannot be moved elsewhere unnoticed. Once
+the subject's key is destroyed, the field reads as None (redacted) wherever the bytes are:
+mirror, Kafka, snapshots, caches, backups.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any, Iterable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..eventstore.errors import MalformedEventError
+
+ENVELOPE_MARK = "$enc"
+NONCE_BYTES = 12
+
+
+def is_envelope(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(ENVELOPE_MARK) == 1
+
+
+def _aad(subject: str, context: str, field: str) -> bytes:
+    return f"{subject}\x1f{context}\x1f{field}".encode()
+
+
+def encrypt_fields(data: dict, fields: Iterable[str], key: bytes, subject: str, context: str) -> dict:
+    """A copy of `data` with the given fields (those present) replaced by envelopes."""
+    out = dict(data)
+    aead = AESGCM(key)
+    for field in fields:
+        if field in out and out[field] is not None:
+            nonce = os.urandom(NONCE_BYTES)
+            plaintext = json.dumps(out[field], separators=(",", ":"), ensure_ascii=False).encode()
+            out[field] = {
+                ENVELOPE_MARK: 1,
+                "n": base64.b64encode(nonce).decode(),
+                "c": base64.b64encode(aead.encrypt(nonce, plaintext, _aad(subject, context, field))).decode(),
+            }
+    return out
+
+
+def decrypt_fields(data: dict, key: bytes | None, subject: str, context: str) -> dict:
+    """A copy of `data` with envelopes opened; with no key (erased subject) they read as None."""
+    out = dict(data)
+    aead = AESGCM(key) if key is not None else None
+    for field, value in data.items():
+        if not is_envelope(value):
+            continue
+        if aead is None:
+            out[field] = None
+            continue
+        try:
+            plaintext = aead.decrypt(base64.b64decode(value["n"]), base64.b64decode(value["c"]),
+                                     _aad(subject, context, field))
+        except (InvalidTag, KeyError, ValueError, TypeError):
+            raise MalformedEventError(
+                f"{context}: field {field} of {subject} does not decrypt with the subject's key (altered bytes, "
+                "or data moved from another record)"
+            ) from None
+        out[field] = json.loads(plaintext)
+    return out
+
+
+def has_envelopes(data: dict) -> bool:
+    return any(is_envelope(value) for value in data.values())

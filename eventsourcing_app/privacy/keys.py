@@ -1,0 +1,160 @@
+"""Data keys, one per data subject ("child:child-123", "parent:p-1"), kept wrapped in the database.
+
+- Writing: the subject's key is created on first use and kept in memory for a short while.
+- Reading: the wrapped key comes fresh from the database with the data (the event load joins
+  it), so a key destroyed by an erasure is never used to decrypt again, in any process.
+- Erasing: the wrapped key is replaced by NULL and the row stays, so that no new key can be
+  made for the subject and the erasure itself stays on record.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+from django.conf import settings
+from django.db import transaction
+
+from ..eventstore.errors import EventStoreError
+from ..eventstore.records import KeyMaterial
+from .keyring import MasterKeyError, MasterKeyring
+
+_WRITE_CACHE_SECONDS = 30.0
+_UNWRAPPED_CACHE_SIZE = 10_000
+
+
+class SubjectErasedError(EventStoreError):
+    """The subject's personal data was erased; nothing new may be stored under its key."""
+
+
+class SubjectKeys:
+    def __init__(self, keyring: MasterKeyring) -> None:
+        self.keyring = keyring
+        self._lock = threading.Lock()
+        self._for_writing: dict[str, tuple[bytes, float]] = {}
+        self._unwrapped: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
+
+    # --- writing ---------------------------------------------------------------------
+
+    def key_for_writing(self, subject: str) -> bytes:
+        now = time.monotonic()
+        cached = self._for_writing.get(subject)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        from ..models import SubjectKey
+
+        row = SubjectKey.objects.filter(pk=subject).values_list("wrapped_key", "master_key_id", "destroyed_at").first()
+        if row is None:
+            wrapped, master_id = self.keyring.wrap(os.urandom(32), subject)
+            SubjectKey.objects.bulk_create(
+                [SubjectKey(subject=subject, wrapped_key=wrapped, master_key_id=master_id,
+                            created_at=datetime.now(timezone.utc))],
+                ignore_conflicts=True)  # a concurrent writer may have made one: use whichever won
+            row = SubjectKey.objects.filter(pk=subject).values_list("wrapped_key", "master_key_id",
+                                                                    "destroyed_at").get()
+        if row[2] is not None or row[0] is None:
+            raise SubjectErasedError(f"the personal data of {subject} was erased; no new personal data can be stored "
+                                     "for it")
+        key = self._unwrap(subject, KeyMaterial(bytes(row[0]), row[1]))
+        self._for_writing[subject] = (key, now + _WRITE_CACHE_SECONDS)
+        return key
+
+    # --- reading ---------------------------------------------------------------------
+
+    def key_for_reading(self, subject: str, material: KeyMaterial | None = None) -> bytes | None:
+        """The subject's key, or None if it was erased. Without material, reads the row."""
+        if material is None:
+            material = self.materials([subject]).get(subject)
+            if material is None:
+                raise EventStoreError(f"no data key is recorded for {subject}: its encrypted data cannot be read")
+        return None if material.erased else self._unwrap(subject, material)
+
+    def materials(self, subjects: Iterable[str]) -> dict[str, KeyMaterial]:
+        from ..models import SubjectKey
+
+        rows = SubjectKey.objects.filter(pk__in=set(subjects)).values_list("subject", "wrapped_key", "master_key_id")
+        return {subject: KeyMaterial(bytes(wrapped) if wrapped is not None else None, master_id)
+                for subject, wrapped, master_id in rows}
+
+    def _unwrap(self, subject: str, material: KeyMaterial) -> bytes:
+        cache_key = (subject, material.wrapped)
+        with self._lock:
+            key = self._unwrapped.get(cache_key)
+            if key is not None:
+                self._unwrapped.move_to_end(cache_key)
+                return key
+        key = self.keyring.unwrap(material.wrapped, material.master_key_id, subject)
+        with self._lock:
+            self._unwrapped[cache_key] = key
+            if len(self._unwrapped) > _UNWRAPPED_CACHE_SIZE:
+                self._unwrapped.popitem(last=False)
+        return key
+
+    # --- erasing and rotating -----------------------------------------------------------
+
+    def destroy(self, subject: str) -> bool:
+        """Destroys the subject's key; True if there was one to destroy."""
+        from ..models import SubjectKey
+
+        now = datetime.now(timezone.utc)
+        with transaction.atomic():
+            had_key = SubjectKey.objects.filter(pk=subject, wrapped_key__isnull=False).update(
+                wrapped_key=None, master_key_id=None, destroyed_at=now) > 0
+            if not had_key:
+                SubjectKey.objects.bulk_create([SubjectKey(subject=subject, created_at=now, destroyed_at=now)],
+                                               ignore_conflicts=True)
+        self.forget_cached(subject)
+        return had_key
+
+    def forget_cached(self, subject: str) -> None:
+        with self._lock:
+            self._for_writing.pop(subject, None)
+            for cache_key in [k for k in self._unwrapped if k[0] == subject]:
+                del self._unwrapped[cache_key]
+
+    def rewrap_all(self, progress: Callable[[int, int], None] | None = None, batch: int = 1000) -> int:
+        """Rewraps every data key not yet under the current master key; events stay untouched."""
+        from ..models import SubjectKey
+
+        pending = SubjectKey.objects.filter(wrapped_key__isnull=False).exclude(master_key_id=self.keyring.current_id)
+        total, done = pending.count(), 0
+        while True:
+            rows = list(pending.values_list("subject", "wrapped_key", "master_key_id")[:batch])
+            if not rows:
+                return done
+            with transaction.atomic():
+                for subject, wrapped, master_id in rows:
+                    key = self.keyring.unwrap(bytes(wrapped), master_id, subject)
+                    new_wrapped, new_id = self.keyring.wrap(key, subject)
+                    SubjectKey.objects.filter(pk=subject, master_key_id=master_id).update(
+                        wrapped_key=new_wrapped, master_key_id=new_id)
+            done += len(rows)
+            if progress:
+                progress(done, total)
+
+    def check_master_keys(self) -> None:
+        """Fails if a stored data key is wrapped by a master key that is absent or wrong."""
+        from ..models import SubjectKey
+
+        for master_id in SubjectKey.objects.filter(wrapped_key__isnull=False).values_list(
+                "master_key_id", flat=True).distinct():
+            sample = SubjectKey.objects.filter(master_key_id=master_id).values_list("subject", "wrapped_key").first()
+            self.keyring.unwrap(bytes(sample[1]), master_id, sample[0])
+
+
+_subject_keys: SubjectKeys | None = None
+_subject_keys_lock = threading.Lock()
+
+
+def get_subject_keys() -> SubjectKeys:
+    global _subject_keys
+    with _subject_keys_lock:
+        if _subject_keys is None:
+            _subject_keys = SubjectKeys(MasterKeyring(settings.TEDDY_MASTER_KEYS))
+        return _subject_keys
+
+
+__all__ = ["KeyMaterial", "MasterKeyError", "SubjectErasedError", "SubjectKeys", "get_subject_keys"]
