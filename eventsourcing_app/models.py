@@ -27,6 +27,9 @@ class Stream(models.Model):
     last_hash = models.BinaryField(max_length=32, help_text="Chain hash of the last event.")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField(help_text="When the last event was appended.")
+    # Stream migration (manage.py migrate_stream) records the link both ways.
+    migrated_to = models.CharField(max_length=200, null=True, blank=True)
+    migrated_from = models.CharField(max_length=200, null=True, blank=True)
 
     class Meta:
         db_table = "eventstore_stream"

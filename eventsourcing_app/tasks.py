@@ -39,6 +39,25 @@ def relay_outbox() -> int:
             pass
 
 
+@shared_task(name="eventsourcing_app.tasks.create_snapshot", ignore_result=True)
+def create_snapshot(stream_id: str) -> int | None:
+    """Snapshots a stream at its current version if it is due; returns the version."""
+    from .domain import aggregate_classes
+    from .eventstore import get_event_sourcing_service
+    from .eventstore.serialization import parse_stream_id
+
+    stream_type, aggregate_id = parse_stream_id(stream_id)
+    aggregate_class = aggregate_classes().get(stream_type)
+    if aggregate_class is None:
+        logger.warning("no aggregate class for %s; not snapshotting it", stream_id)
+        return None
+    service = get_event_sourcing_service()
+    current = service.event_store.get_stream_version_sync(stream_id)
+    if not service.snapshot_store.should_create_snapshot_sync(stream_id, current):
+        return None
+    return service.create_snapshot_sync(aggregate_class, aggregate_id).version
+
+
 @worker_ready.connect
 def check_at_start(**kwargs) -> None:
     """Refuses to run with a wrong master key; provisions missing topics before publishing."""

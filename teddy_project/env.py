@@ -109,3 +109,18 @@ def env_master_keys(name: str) -> list[bytes]:
     return _read(name, None, parse,
                  "base64 of 32 random bytes, e.g. from `python -c \"import os,base64;"
                  "print(base64.b64encode(os.urandom(32)).decode())\"`; comma-separate older keys during a rotation")
+
+
+def env_frequencies(name: str) -> dict[str, int]:
+    """"child=10,conversation=50" -> {"child": 10, "conversation": 50}; empty by default."""
+
+    def parse(value: str) -> dict[str, int]:
+        out = {}
+        for item in (part.strip() for part in value.split(",") if part.strip()):
+            stream_type, _, number = item.partition("=")
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", stream_type.strip()) or not number.strip().isdigit():
+                raise ValueError(f"{item!r} is not type=number")
+            out[stream_type.strip()] = int(number)
+        return out
+
+    return _read(name, " ", parse, "a comma-separated list of stream_type=number") if os.environ.get(name, "").strip() else {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_float, env_int, env_list, env_master_keys, env_str
+from .env import env_bool, env_float, env_frequencies, env_int, env_list, env_master_keys, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("TEDDY_DATA_DIR", str(BASE_DIR / "var")))
@@ -118,6 +118,12 @@ EVENTSTORE = {
     "RELAY_GRACE_SECONDS": env_float("EVENTSTORE_RELAY_GRACE_SECONDS", 2.0),
     "RELAY_INTERVAL_SECONDS": env_float("EVENTSTORE_RELAY_INTERVAL_SECONDS", 1.0, minimum=0.1),
     "RELAY_BATCH_SIZE": env_int("EVENTSTORE_RELAY_BATCH_SIZE", 5000, minimum=1),
+    # A snapshot every N events, per stream type ("child=10,conversation=50"); 0 switches it off.
+    "SNAPSHOT_FREQUENCY": env_int("EVENTSTORE_SNAPSHOT_FREQUENCY", 10, minimum=0),
+    "SNAPSHOT_FREQUENCIES": env_frequencies("EVENTSTORE_SNAPSHOT_FREQUENCIES"),
+    "SNAPSHOTS_KEPT": env_int("EVENTSTORE_SNAPSHOTS_KEPT", 2, minimum=1),
+    # Hot aggregates cached in Redis for this long (0: no cache).
+    "AGGREGATE_CACHE_SECONDS": env_int("EVENTSTORE_AGGREGATE_CACHE_SECONDS", 300, minimum=0),
 }
 
 # --- Personal data: per-subject data keys, wrapped by a master key (crypto-shredding).

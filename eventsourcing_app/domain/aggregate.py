@@ -5,6 +5,13 @@ from typing import ClassVar
 
 from .events import DomainEvent
 
+# aggregate_type -> class, for code that only has a stream id (snapshot tasks, commands).
+_aggregate_classes: dict[str, type["EventSourcedAggregate"]] = {}
+
+
+def aggregate_classes() -> dict[str, type["EventSourcedAggregate"]]:
+    return _aggregate_classes
+
 
 class EventSourcedAggregate:
     """An aggregate whose state is the sum of its events.
@@ -20,6 +27,11 @@ class EventSourcedAggregate:
     snapshot_schema_version: ClassVar[int] = 1
     # Keys of to_snapshot() holding personal data, stored encrypted like event fields.
     snapshot_sensitive_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.aggregate_type:
+            _aggregate_classes[cls.aggregate_type] = cls
 
     def __init__(self, id: str) -> None:
         self.id = id

@@ -222,7 +222,9 @@ class Child(EventSourcedAggregate):
             raise AlreadyRegistered(f"child {self.id} is registered already (since {self.registered_at.isoformat()})")
         intended = self._intended_registration
         if intended["parent_id"] is None:
-            raise InvalidValue(f"child {self.id} has no parent_id; give Child(..., parent_id=ParentId(...)) to register it")
+            raise InvalidValue(
+                f"child {self.id} has no parent_id; give Child(..., parent_id=ParentId(...)) to register it"
+            )
         parent_id = check_id(intended["parent_id"], ParentId, "parent_id")
         name = _check_name(intended["name"])
         age = _check_age(intended["age"])

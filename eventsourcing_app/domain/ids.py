@@ -1,7 +1,7 @@
 """Typed identifiers of the domain, and the JSON forms that aggregate snapshots give to ids and
 datetimes.
 
-Each is a `str` subclass, so it compares equal to its plain string (`ChildId("c-1") == "c-1"`),
+Each id type is a `str` subclass, so an id compares equal to its plain string (`ChildId("c-1") == "c-1"`),
 is stored and sent as a JSON string, and the event store turns it back into the declared type
 on load (by the event field's type hint). The type only documents which kind of id a value is;
 it does not validate it: the aggregates check the ids they are given.

@@ -193,7 +193,9 @@ class Parent(EventSourcedAggregate):
         self._require_active()
         child_id = check_id(child_id, ChildId, "child_id")
         method = check_choice(method, "consent method", CONSENT_METHODS)
-        granted_at = datetime.now(timezone.utc) if granted_at is None else check_aware_datetime(granted_at, "granted_at")
+        if granted_at is None:
+            granted_at = datetime.now(timezone.utc)
+        granted_at = check_aware_datetime(granted_at, "granted_at")
         if self.has_consent(child_id):
             consent = self.consents[child_id]
             raise ConsentError(

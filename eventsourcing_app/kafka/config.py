@@ -48,6 +48,12 @@ class KafkaSettings:
     def event_topics(self) -> dict[str, str]:
         return {stream_type: self.event_topic(stream_type) for stream_type in self.stream_types}
 
+    def snapshot_topic(self, stream_type: str) -> str:
+        return f"{self.topic_prefix}snapshots.{stream_type}"
+
+    def snapshot_topics(self) -> dict[str, str]:
+        return {stream_type: self.snapshot_topic(stream_type) for stream_type in self.stream_types}
+
     def producer_config(self) -> dict:
         return {
             "bootstrap.servers": self.bootstrap_servers,

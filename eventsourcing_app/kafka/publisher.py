@@ -130,6 +130,27 @@ class EventPublisher:
             self._tails.clear()
         return True
 
+    def publish_record(self, topic: str, key: str, value: bytes | None, headers: list[tuple[str, bytes]],
+                       timeout: float = 10.0) -> tuple[str, int, int] | None:
+        """Produces one record (a snapshot, or a tombstone with value None) and waits for its
+        acknowledgement: (topic, partition, offset), or None if Kafka did not take it."""
+        if not self.ensure_connected(timeout):
+            return None
+        done, result = threading.Event(), []
+
+        def delivered(err, msg):
+            result.append(None if err is not None else (msg.topic(), msg.partition(), msg.offset()))
+            done.set()
+
+        try:
+            self._producer.produce(topic, key=key.encode(), value=value, headers=headers, on_delivery=delivered)
+        except (BufferError, KafkaException) as exc:
+            logger.warning("could not hand a record for %s to Kafka: %s", key, exc)
+            return None
+        if not done.wait(timeout):
+            return None
+        return result[0]
+
     def _current_producer(self) -> Producer | None:
         """The usable producer, or None. Only the very first call connects in the caller's
         thread (start-up); later (re)connections happen in the background thread, so an

@@ -28,10 +28,14 @@ class TopicReport:
         return f"{self.action:8} {self.topic} ({self.partitions} partitions){' - ' + self.detail if self.detail else ''}"
 
 
-def _event_topic_configs(settings: KafkaSettings) -> dict[str, str]:
-    configs = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}
-    if settings.replication_factor > 1:
-        configs["min.insync.replicas"] = str(min(2, settings.replication_factor))
+def _topic_configs(settings: KafkaSettings) -> dict[str, dict[str, str]]:
+    """Event topics keep everything (never compacted: that would delete history); snapshot
+    topics keep the latest snapshot per stream (compacted, key = stream id)."""
+    common = {"min.insync.replicas": str(min(2, settings.replication_factor))} if settings.replication_factor > 1 else {}
+    configs = {topic: {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms), **common}
+               for topic in settings.event_topics().values()}
+    configs.update({topic: {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", **common}
+                    for topic in settings.snapshot_topics().values()})
     return configs
 
 
@@ -47,12 +51,11 @@ def provision_topics(settings: KafkaSettings, timeout: float = 15.0) -> list[Top
         ) from None
     reports: list[TopicReport] = []
     to_create: list[NewTopic] = []
-    for topic in settings.event_topics().values():
+    for topic, config in _topic_configs(settings).items():
         meta = existing.get(topic)
         if meta is None or meta.error is not None:
             to_create.append(NewTopic(topic, num_partitions=settings.partitions,
-                                      replication_factor=settings.replication_factor,
-                                      config=_event_topic_configs(settings)))
+                                      replication_factor=settings.replication_factor, config=config))
             continue
         count = len(meta.partitions)
         if count == settings.partitions:

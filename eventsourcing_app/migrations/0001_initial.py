@@ -35,6 +35,8 @@ class Migration(migrations.Migration):
                 ('last_hash', models.BinaryField(help_text='Chain hash of the last event.', max_length=32)),
                 ('created_at', models.DateTimeField()),
                 ('updated_at', models.DateTimeField(help_text='When the last event was appended.')),
+                ('migrated_to', models.CharField(blank=True, max_length=200, null=True)),
+                ('migrated_from', models.CharField(blank=True, max_length=200, null=True)),
             ],
             options={
                 'db_table': 'eventstore_stream',

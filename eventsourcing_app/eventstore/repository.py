@@ -1,0 +1,180 @@
+"""The repository of the guide, section 3: aggregates in, aggregates out.
+
+`save` appends an aggregate's pending events with the version it was loaded at as the
+expected version (a lost race raises ConcurrencyError and stores nothing), then schedules a
+snapshot if the save crossed the snapshot frequency. `load` starts from the best of the cache
+entry and the latest usable snapshot at or below the requested version, and replays only the
+events after it. Temporal loads give the state as of a version or a point in time.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.db import connections, transaction
+
+from ..domain.aggregate import EventSourcedAggregate
+from ..privacy.cipher import decrypt_fields
+from ..privacy.keys import get_subject_keys
+from .cache import AggregateCache, cache_context
+from .errors import EventStoreError
+from .records import KeyMaterial
+from .serialization import deserialize_event
+from .snapshots import SnapshotStore
+from .store import EventStore
+
+logger = logging.getLogger(__name__)
+A = TypeVar("A", bound=EventSourcedAggregate)
+
+
+class AggregateNotFoundError(EventStoreError, LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """How the last load was made: for tests, logs and metrics."""
+
+    stream_id: str
+    version: int
+    started_from: str  # "empty", "snapshot" or "cache"
+    base_version: int
+    events_replayed: int
+
+
+class EventSourcingRepositoryImpl(Generic[A]):
+    def __init__(self, aggregate_class: type[A], *, event_store: EventStore | None = None,
+                 snapshot_store: SnapshotStore | None = None, cache: AggregateCache | None = None,
+                 snapshot_scheduler=None) -> None:
+        from .factory import get_aggregate_cache, get_event_store, get_snapshot_store, schedule_snapshot
+
+        if not aggregate_class.aggregate_type:
+            raise EventStoreError(f"{aggregate_class.__name__} has no aggregate_type")
+        self.aggregate_class = aggregate_class
+        self.event_store = event_store or get_event_store()
+        self.snapshot_store = snapshot_store or get_snapshot_store()
+        self.cache = cache if cache is not None else get_aggregate_cache()
+        self.schedule_snapshot = snapshot_scheduler or schedule_snapshot
+        self.last_load: LoadReport | None = None
+
+    def stream_id(self, aggregate_id: str) -> str:
+        return f"{self.aggregate_class.aggregate_type}.{aggregate_id}"
+
+    # --- save ------------------------------------------------------------------------
+
+    def save_sync(self, aggregate: A, *, correlation_id: str | None = None, causation_id: str | None = None,
+                  actor: str | None = None) -> None:
+        if not isinstance(aggregate, self.aggregate_class):
+            raise EventStoreError(f"this repository saves {self.aggregate_class.__name__}, not {type(aggregate).__name__}")
+        events = aggregate.get_domain_events()
+        if not events:
+            return
+        before = aggregate.version
+        result = self.event_store.append_events_sync(
+            aggregate.stream_id, events, expected_version=before,
+            correlation_id=correlation_id, causation_id=causation_id, actor=actor)
+        for _ in events:
+            aggregate.increment_version()
+        aggregate.clear_domain_events()
+        stream_id, after = aggregate.stream_id, result.last_version
+        if self.cache is not None:
+            entry = self.cache.entry_for(aggregate)  # the saved state, whatever happens to the object next
+            transaction.on_commit(lambda: self.cache.store(stream_id, entry), using=self.event_store.recorder.alias)
+        if self.snapshot_store.crosses_threshold(stream_id, before, after):
+            logger.info("snapshot threshold reached for %s at version %d", stream_id, after)
+            transaction.on_commit(lambda: self.schedule_snapshot(stream_id), using=self.event_store.recorder.alias)
+
+    async def save(self, aggregate: A, **metadata) -> None:
+        await sync_to_async(self.save_sync, thread_sensitive=False)(aggregate, **metadata)
+
+    # --- load ------------------------------------------------------------------------
+
+    def load_sync(self, aggregate_id: str, *, version: int | None = None, as_of: datetime | None = None) -> A:
+        """The aggregate now, as of a version, or as of a point in time (the last event at or
+        before it). Raises AggregateNotFoundError if the stream has no such state."""
+        aggregate_id = str(aggregate_id)
+        stream_id = self.stream_id(aggregate_id)
+        if version is not None and as_of is not None:
+            raise EventStoreError("give a version or a point in time, not both")
+        if as_of is not None:
+            version = self._version_at(stream_id, as_of)
+            if version == 0:
+                raise AggregateNotFoundError(f"{stream_id} had no events at {as_of.isoformat()}")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise EventStoreError(f"version must be a whole number of 1 or more, not {version!r}")
+
+        cls = self.aggregate_class
+        aggregate, started_from, current = None, "empty", None
+        if version is None and self.cache is not None:
+            aggregate, current = self._from_cache(aggregate_id, stream_id)
+            started_from = "cache" if aggregate is not None else started_from
+        if aggregate is None:
+            snapshot = self.snapshot_store.get_latest_snapshot_sync(stream_id, max_version=version,
+                                                                    schema_version=cls.snapshot_schema_version)
+            if snapshot is not None:
+                try:
+                    aggregate = cls.from_snapshot(aggregate_id, snapshot.version, snapshot.state)
+                    started_from = "snapshot"
+                except (KeyError, TypeError, ValueError) as exc:  # a damaged snapshot: replay everything
+                    logger.warning("snapshot of %s at version %d is unusable (%r); replaying all events",
+                                   stream_id, snapshot.version, exc)
+        if aggregate is None:
+            aggregate = cls.create_empty(aggregate_id)
+        base = aggregate.version
+
+        events = []
+        if current is None or current > base:
+            events = self.event_store.load_events_sync(stream_id, from_version=base + 1, to_version=version)
+        for stored in events:
+            aggregate.apply_event(deserialize_event(stored))
+            aggregate.increment_version()
+        if aggregate.version == 0:
+            raise AggregateNotFoundError(f"{stream_id} does not exist")
+        if version is not None and aggregate.version != version:
+            raise AggregateNotFoundError(f"{stream_id} has no version {version} (it is at {aggregate.version})")
+        self.last_load = LoadReport(stream_id, aggregate.version, started_from, base, len(events))
+        if version is None and self.cache is not None and events:
+            self.cache.put(aggregate)
+        return aggregate
+
+    async def load(self, aggregate_id: str, *, version: int | None = None, as_of: datetime | None = None) -> A:
+        return await sync_to_async(self.load_sync, thread_sensitive=False)(aggregate_id, version=version, as_of=as_of)
+
+    def _from_cache(self, aggregate_id: str, stream_id: str) -> tuple[A | None, int | None]:
+        """The cached aggregate (if usable) and the stream's current version, in one query."""
+        entry = self.cache.get(stream_id)
+        if entry is None or entry.schema_version != self.aggregate_class.snapshot_schema_version:
+            return None, None
+        with connections[self.event_store.recorder.alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT (SELECT version FROM eventstore_stream WHERE stream_id = %s), "
+                "(SELECT wrapped_key FROM privacy_subject_key WHERE subject = %s), "
+                "(SELECT master_key_id FROM privacy_subject_key WHERE subject = %s)",
+                [stream_id, entry.subject, entry.subject])
+            current, wrapped, master_id = cursor.fetchone()
+        if current is None or current < entry.version:
+            self.cache.delete([stream_id])
+            return None, None
+        state = entry.state
+        if entry.subject is not None:
+            if wrapped is None:  # erased: the entry must not be used
+                self.cache.delete([stream_id])
+                return None, None
+            key = get_subject_keys().key_for_reading(entry.subject, KeyMaterial(bytes(wrapped), master_id))
+            state = decrypt_fields(state, key, entry.subject, cache_context(stream_id, entry.version))
+        try:
+            return self.aggregate_class.from_snapshot(aggregate_id, entry.version, state), current
+        except (KeyError, TypeError, ValueError):
+            self.cache.delete([stream_id])
+            return None, None
+
+    def _version_at(self, stream_id: str, moment: datetime) -> int:
+        from ..models import Event
+
+        if moment.tzinfo is None:
+            raise EventStoreError("the point in time must be timezone-aware")
+        return (Event.objects.filter(stream_id=stream_id, occurred_at__lte=moment).order_by("-version")
+                .values_list("version", flat=True).first()) or 0

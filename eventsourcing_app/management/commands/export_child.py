@@ -1,0 +1,29 @@
+import json
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from eventsourcing_app.eventstore import EventStoreError
+from eventsourcing_app.operations.privacy import export_child
+
+
+class Command(BaseCommand):
+    help = "Writes everything held about a child, decrypted, as JSON (a data subject access request)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("child_id")
+        parser.add_argument("--output", "-o", help="file to write (default: standard output)")
+
+    def handle(self, *args, child_id, output, **options):
+        try:
+            export = export_child(child_id)
+        except EventStoreError as exc:
+            raise CommandError(str(exc)) from None
+        text = json.dumps(export, indent=2, ensure_ascii=False, default=str)
+        if output:
+            with open(output, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+            events = sum(len(v) for v in export["streams"].values())
+            self.stderr.write(f"wrote {events} events of {len(export['streams'])} streams to {output}")
+        else:
+            sys.stdout.write(text + "\n")
