@@ -47,8 +47,9 @@ class LoadReport:
 
 class EventSourcingRepositoryImpl(Generic[A]):
     def __init__(self, aggregate_class: type[A], *, event_store: EventStore | None = None,
-                 snapshot_store: SnapshotStore | None = None, cache: AggregateCache | None = None,
+                 snapshot_store: SnapshotStore | None = None, cache: AggregateCache | bool | None = None,
                  snapshot_scheduler=None) -> None:
+        """Defaults come from the configuration; `cache=False` loads without the Redis cache."""
         from .factory import get_aggregate_cache, get_event_store, get_snapshot_store, schedule_snapshot
 
         if not aggregate_class.aggregate_type:
@@ -56,7 +57,7 @@ class EventSourcingRepositoryImpl(Generic[A]):
         self.aggregate_class = aggregate_class
         self.event_store = event_store or get_event_store()
         self.snapshot_store = snapshot_store or get_snapshot_store()
-        self.cache = cache if cache is not None else get_aggregate_cache()
+        self.cache = None if cache is False else cache if cache is not None else get_aggregate_cache()
         self.schedule_snapshot = snapshot_scheduler or schedule_snapshot
         self.last_load: LoadReport | None = None
 

@@ -29,9 +29,8 @@ from .errors import (
 from .integrity import content_digest
 from .records import AppendResult, EventMetadata, ExpectedVersion, StoredEvent
 from .recorders import DjangoRecorder, PendingEvent
-from ..privacy.cipher import encrypt_fields
-from ..privacy.keys import get_subject_keys
-from .serialization import canonical_json, json_data, parse_stream_id, registry
+from ..privacy.fields import data_subject_of, encrypt_sensitive_fields
+from .serialization import canonical_json, parse_stream_id, registry
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +116,8 @@ class EventStore:
             if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
                 raise EventStoreError(f"{cls.event_type}.occurred_at must be a timezone-aware datetime")
             occurred_at = occurred_at.astimezone(timezone.utc)
-            data = json_data(event)
-            subject = self._subject_of(event, cls)
-            if subject is not None:
-                key = get_subject_keys().key_for_writing(subject)
-                data = encrypt_fields(data, cls.sensitive_fields, key, subject, str(event_id))
-            payload = canonical_json(data)
+            subject = data_subject_of(event) if cls.sensitive_fields else None
+            payload = canonical_json(encrypt_sensitive_fields(event))
             size = len(payload) + _HEADER_OVERHEAD
             if size > self.max_event_bytes:
                 raise EventTooLargeError(
@@ -140,21 +135,6 @@ class EventStore:
                 digest=content_digest(metadata, payload), **context,
             ))
         return pending
-
-    @staticmethod
-    def _subject_of(event: DomainEvent, cls: type[DomainEvent]) -> str | None:
-        """"child:child-123" for an event with personal data, else None."""
-        if not cls.sensitive_fields:
-            return None
-        if cls.data_subject is None:
-            raise EventStoreError(f"{cls.event_type} has sensitive fields but no data_subject to encrypt them for")
-        subject_type, field_name = cls.data_subject
-        subject_id = getattr(event, field_name, None)
-        if not subject_id or not isinstance(subject_id, str):
-            raise EventStoreError(
-                f"{cls.event_type}.{field_name} must name the {subject_type} whose key encrypts its personal data, "
-                f"not {subject_id!r}")
-        return f"{subject_type}:{subject_id}"
 
     # --- read ------------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ def export_child(child_id: str) -> dict:
         export["streams"][f"parent.{parent_id}"] = [_event_entry(stored) for stored in mentions]
         try:
             parent = service.load_aggregate_sync(Parent, parent_id)
-            export["consent"] = parent.to_snapshot().get("consents", {}).get(child_id)
+            export["consent"] = next((c for c in parent.to_snapshot()["consents"] if c["child_id"] == child_id), None)
         except AggregateNotFoundError:
             pass
     return export

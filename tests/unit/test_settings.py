@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+A_MASTER_KEY = "dGVzdC1vbmx5LW1hc3Rlci1rZXktMDEyMzQ1Njc4OTA="
 
 
 def start_django(**env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", **env},
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", "TEDDY_MASTER_KEYS": A_MASTER_KEY, **env},
     )
 
 
@@ -29,6 +30,10 @@ def start_django(**env) -> subprocess.CompletedProcess:
     ("DJANGO_DEBUG", "perhaps", "DJANGO_DEBUG='perhaps' is not valid"),
     ("REDIS_URL", "localhost:6379", "REDIS_URL='localhost:6379' is not valid"),
     ("DATABASE_URL", "nosuchdb://x", "DATABASE_URL"),
+    ("TEDDY_MASTER_KEYS", "", "TEDDY_MASTER_KEYS is not set"),
+    ("TEDDY_MASTER_KEYS", "c2hvcnQ=", "a key decodes to 5 bytes, not 32"),
+    ("TEDDY_MASTER_KEYS", "not*base64!", "is not base64"),
+    ("EVENTSTORE_SNAPSHOT_FREQUENCIES", "child:10", "EVENTSTORE_SNAPSHOT_FREQUENCIES"),
 ])
 def test_a_bad_value_names_the_variable(name, value, message):
     done = start_django(**{name: value})

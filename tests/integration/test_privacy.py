@@ -1,0 +1,195 @@
+"""Personal data: encrypted wherever it is stored, erased everywhere by destroying one key."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.db import connection
+from kafka import KafkaConsumer, TopicPartition
+
+from eventsourcing_app.domain import Child, Conversation, ConversationId, Parent, ParentId
+from eventsourcing_app.eventstore import (
+    EventSourcingRepositoryImpl,
+    get_aggregate_cache,
+    get_event_sourcing_service,
+    get_snapshot_store,
+)
+from eventsourcing_app.models import Snapshot, SubjectKey
+from eventsourcing_app.operations.verify import verify_integrity
+from eventsourcing_app.privacy.keyring import MasterKeyError, MasterKeyring
+from eventsourcing_app.privacy.keys import SubjectErasedError, SubjectKeys
+from tests.integration.conftest import REPO, STREAM_TYPES, database_url
+from tests.integration.helpers import new_child
+
+NAME = "Zephyrine"  # distinctive, so that a search for it in raw bytes means something
+SECRET = "my secret hiding place is the blue cupboard"
+
+
+@pytest.fixture
+def family(store):
+    """A parent with consent, a child with a conversation and snapshots, all published."""
+    service = get_event_sourcing_service()
+    child = new_child(name=NAME, age=7)
+    parent = Parent(ParentId(child.parent_id))
+    parent.register(email="robin@example.org", name="Robin Parent")
+    parent.grant_consent(child.id, "signed_form")
+    service.save_aggregate_sync(parent)
+    child.update_profile({"interests": ["dragons", "space"]})
+    service.save_aggregate_sync(child)
+    talk = Conversation(ConversationId(f"conv-{uuid.uuid4().hex[:10]}"))
+    talk.start(child.id, child.device_id)
+    talk.record_message("child", f"Hi Teddy, I am {NAME} and {SECRET}")
+    talk.record_message("bear", "Thank you for telling me!")
+    talk.end()
+    talk.summarize(f"{NAME} talked about a hiding place")
+    service.save_aggregate_sync(talk)
+    service.create_snapshot_sync(Child, child.id)
+    service.create_snapshot_sync(Conversation, talk.id)
+    EventSourcingRepositoryImpl(Child).load_sync(child.id)  # fills the cache
+    assert store.flush(30)
+    return child, talk, parent
+
+
+def raw_mirror_bytes(stream_ids) -> bytes:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT payload FROM eventstore_event WHERE stream_id = ANY(%s)", [list(stream_ids)])
+        events = b"".join(bytes(row[0]) for row in cursor.fetchall())
+        cursor.execute("SELECT state FROM eventstore_snapshot WHERE stream_id = ANY(%s)", [list(stream_ids)])
+        snapshots = b"".join(bytes(row[0]) for row in cursor.fetchall())
+    return events + snapshots
+
+
+def raw_kafka_bytes(kafka_settings, stream_ids) -> bytes:
+    """Every record of the streams' event and snapshot topics, read with kafka-python."""
+    wanted = {s.encode() for s in stream_ids}
+    topics = [kafka_settings.event_topic(t) for t in STREAM_TYPES] + [kafka_settings.snapshot_topic(t) for t in STREAM_TYPES]
+    consumer = KafkaConsumer(bootstrap_servers=kafka_settings.bootstrap_servers, enable_auto_commit=False,
+                             consumer_timeout_ms=1500)
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        found = b""
+        for record in consumer:
+            if record.key in wanted:
+                found += (record.value or b"") + b"".join(v or b"" for _, v in record.headers)
+        return found
+    finally:
+        consumer.close()
+
+
+def raw_cache_bytes(stream_ids) -> bytes:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    return b"".join(client.get(get_aggregate_cache().key(s)) or b"" for s in stream_ids)
+
+
+def test_no_plaintext_personal_data_in_the_mirror_kafka_snapshots_or_cache(family, kafka_settings):
+    child, talk, parent = family
+    streams = [child.stream_id, talk.stream_id, parent.stream_id]
+    mirror, kafka, cache = raw_mirror_bytes(streams), raw_kafka_bytes(kafka_settings, streams), raw_cache_bytes(streams)
+    assert b'"$enc"' in mirror and b'"$enc"' in kafka and b'"$enc"' in cache  # the data is there, encrypted
+    assert Snapshot.objects.filter(stream_id__in=streams).count() == 2
+    for secret in (NAME, "cupboard", "robin@example.org", "Robin Parent", "dragons"):
+        for where, blob in (("mirror", mirror), ("kafka", kafka), ("cache", cache)):
+            assert secret.encode() not in blob, f"{secret!r} in plaintext in the {where}"
+    # ... and reads give it back
+    loaded = get_event_sourcing_service().load_aggregate_sync(Child, child.id)
+    assert (loaded.name, loaded.age, loaded.interests) == (NAME, 7, ["dragons", "space"])
+
+
+def test_forget_child_erases_the_childs_data_everywhere_and_the_chains_still_verify(family, kafka_settings, capsys):
+    child, talk, parent = family
+    service = get_event_sourcing_service()
+    call_command("forget_child", child.id)
+    assert "data key destroyed" in capsys.readouterr().out
+
+    for repository in (EventSourcingRepositoryImpl(Child), EventSourcingRepositoryImpl(Child, cache=False)):
+        erased = repository.load_sync(child.id)
+        assert erased.erased and erased.name is None and erased.age is None and erased.interests in (None, [])
+    conversation = service.load_aggregate_sync(Conversation, talk.id)
+    assert NAME not in json.dumps(conversation.to_snapshot(), default=str)
+    exported = json.dumps(_export(child.id))
+    assert NAME not in exported and "cupboard" not in exported
+    assert not Snapshot.objects.filter(stream_id__in=[child.stream_id, talk.stream_id]).exists()
+    assert raw_cache_bytes([child.stream_id, talk.stream_id]) == b""
+    assert SubjectKey.objects.get(pk=f"child:{child.id}").wrapped_key is None
+    # the parent's own data is untouched
+    assert service.load_aggregate_sync(Parent, parent.id).name == "Robin Parent"
+    # the immutable log is unchanged: every chain still verifies, also against Kafka
+    for stream_id in (child.stream_id, talk.stream_id, parent.stream_id):
+        assert verify_integrity(stream_id, kafka_settings=kafka_settings).ok
+    # new personal data for the erased child is refused
+    more = Conversation(ConversationId(f"conv-{uuid.uuid4().hex[:10]}"))
+    more.start(child.id, child.device_id)
+    more.record_message("child", "hello again")
+    with pytest.raises(SubjectErasedError, match="was erased"):
+        service.save_aggregate_sync(more)
+    # a second erasure is harmless
+    call_command("forget_child", child.id)
+    assert "was already gone" in capsys.readouterr().out
+
+
+def test_forget_child_refuses_an_unknown_child():
+    with pytest.raises(CommandError, match="no child nobody-here"):
+        call_command("forget_child", "nobody-here")
+
+
+def _export(child_id):
+    from eventsourcing_app.operations.privacy import export_child
+
+    return export_child(child_id)
+
+
+def test_export_child_writes_everything_held_decrypted(family, tmp_path, capsys):
+    child, talk, parent = family
+    target = tmp_path / "export.json"
+    call_command("export_child", child.id, output=str(target))
+    export = json.loads(target.read_text())
+    assert export["subject"] == f"child:{child.id}" and not export["erased"]
+    assert export["child"]["name"] == NAME
+    texts = [e["data"].get("text") for e in export["streams"][talk.stream_id]]
+    assert f"Hi Teddy, I am {NAME} and {SECRET}" in texts
+    assert [e["event_type"] for e in export["streams"][parent.stream_id]] == ["ParentalConsentGranted"]
+    assert export["consent"]["method"] == "signed_form"
+    with pytest.raises(CommandError):
+        call_command("export_child", "nobody-here")
+
+
+def test_rotating_the_master_key_rewraps_data_keys_without_touching_events(family):
+    child, _, _ = family
+    old_key, new_key = settings.TEDDY_MASTER_KEYS[0], os.urandom(32)
+    events_before = raw_mirror_bytes([child.stream_id])
+    rotate = SubjectKeys(MasterKeyring([new_key, old_key]))
+    assert rotate.rewrap_all() >= 1
+    try:
+        only_new = SubjectKeys(MasterKeyring([new_key]))
+        only_new.check_master_keys()
+        wrapped = SubjectKey.objects.values_list("wrapped_key", "master_key_id").get(pk=f"child:{child.id}")
+        assert wrapped[1] == only_new.keyring.current_id
+        with pytest.raises(MasterKeyError, match="does not hold"):
+            SubjectKeys(MasterKeyring([old_key])).check_master_keys()
+        assert raw_mirror_bytes([child.stream_id]) == events_before
+    finally:
+        SubjectKeys(MasterKeyring([old_key, new_key])).rewrap_all()  # back, for the rest of the session
+    assert get_event_sourcing_service().load_aggregate_sync(Child, child.id).name == NAME
+
+
+def test_a_wrong_master_key_stops_start_up_with_a_clear_message(family):
+    wrong = base64.b64encode(os.urandom(32)).decode()
+    env = {**os.environ, "DATABASE_URL": database_url(), "TEDDY_MASTER_KEYS": wrong}
+    done = subprocess.run([sys.executable, "manage.py", "check", "--database", "default"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "privacy.E001" in done.stderr and "which TEDDY_MASTER_KEYS does not hold" in done.stderr
+    # in-process too: a wrong key is an error, never garbage
+    keys = SubjectKeys(MasterKeyring([base64.b64decode(wrong)]))
+    with pytest.raises(MasterKeyError):
+        keys.key_for_reading(f"child:{family[0].id}")
