@@ -11,6 +11,7 @@ results with ratios (ours / library), drops the databases and stops the broker.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import json
 import os
@@ -248,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
             "LOG_LEVEL": "WARNING",
             "BENCH_LIB_DBNAME": lib_db,
             "PYTHONUNBUFFERED": "1",
+            # A throwaway master key: the benchmark's events carry encrypted personal data.
+            "TEDDY_MASTER_KEYS": base64.b64encode(os.urandom(32)).decode(),
         }
         if args.no_kafka:
             env["BENCH_OURS_PUBLISH"] = "0"

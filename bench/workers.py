@@ -126,8 +126,13 @@ class Ours(System):
 
         @dataclass
         class BenchEvent(DomainEvent):
+            # Encryption on: the text is personal data of the stream's own data subject.
+            subject: str
             n: int
             text: str
+
+            data_subject = ("bench", "subject")
+            sensitive_fields = ("text",)
 
         class BenchAggregate(EventSourcedAggregate):
             aggregate_type = "bench"
@@ -155,7 +160,8 @@ class Ours(System):
             log("    Kafka publishing is OFF for this run (--no-kafka)")
         # Warm up: connection, producer start-up (first publish connects), code paths.
         for i in range(30):
-            self.store.append_events_sync(f"bench.warmup-{i}", [BenchEvent(n=i, text=TEXT)], expected_version=0)
+            self.store.append_events_sync(f"bench.warmup-{i}", [BenchEvent(subject=f"warmup-{i}", n=i, text=TEXT)],
+                                          expected_version=0)
         self.flush()
         from django.db import connection
         with connection.cursor() as cursor:
@@ -185,14 +191,16 @@ class Ours(System):
         return dict(self._recording)
 
     def append_new_stream(self, i: int) -> None:
-        self.store.append_events_sync(f"bench.single-{i}", [self.BenchEvent(n=i, text=TEXT)], expected_version=0)
+        self.store.append_events_sync(f"bench.single-{i}", [self.BenchEvent(subject=f"single-{i}", n=i, text=TEXT)],
+                                      expected_version=0)
 
     def new_batched_stream(self, i: int) -> Any:
         return [f"bench.batch-{i}", 0]
 
     def append_batch(self, handle: Any, first_n: int, count: int) -> Any:
         stream_id, version = handle
-        events = [self.BenchEvent(n=first_n + k, text=TEXT) for k in range(count)]
+        subject = stream_id.split(".", 1)[1]
+        events = [self.BenchEvent(subject=subject, n=first_n + k, text=TEXT) for k in range(count)]
         result = self.store.append_events_sync(stream_id, events, expected_version=version)
         handle[1] = result.last_version
 
@@ -229,7 +237,8 @@ class Ours(System):
         stream_id, state = f"bench.conc-{index}", {"version": 0}
 
         def append() -> None:
-            self.store.append_events_sync(stream_id, [self.BenchEvent(n=state["version"], text=TEXT)],
+            self.store.append_events_sync(stream_id, [self.BenchEvent(subject=f"conc-{index}", n=state["version"],
+                                                                      text=TEXT)],
                                           expected_version=state["version"])
             state["version"] += 1
 

@@ -16,13 +16,15 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from ..eventstore.errors import EventStoreError
 from ..eventstore.records import KeyMaterial
 from .keyring import MasterKeyError, MasterKeyring
 
-_WRITE_CACHE_SECONDS = 30.0
+# Writing with a key cached a little longer than its erasure is harmless: decryption always
+# reads the key row afresh, so data written after an erasure is unreadable too.
+_WRITE_CACHE_SECONDS = 600.0
 _UNWRAPPED_CACHE_SIZE = 10_000
 
 
@@ -44,17 +46,16 @@ class SubjectKeys:
         cached = self._for_writing.get(subject)
         if cached is not None and cached[1] > now:
             return cached[0]
-        from ..models import SubjectKey
-
-        row = SubjectKey.objects.filter(pk=subject).values_list("wrapped_key", "master_key_id", "destroyed_at").first()
-        if row is None:
-            wrapped, master_id = self.keyring.wrap(os.urandom(32), subject)
-            SubjectKey.objects.bulk_create(
-                [SubjectKey(subject=subject, wrapped_key=wrapped, master_key_id=master_id,
-                            created_at=datetime.now(timezone.utc))],
-                ignore_conflicts=True)  # a concurrent writer may have made one: use whichever won
-            row = SubjectKey.objects.filter(pk=subject).values_list("wrapped_key", "master_key_id",
-                                                                    "destroyed_at").get()
+        # One round trip: insert a new key, or get the existing row (also when another writer
+        # inserted it first). The no-op update makes RETURNING give the stored row either way.
+        wrapped, master_id = self.keyring.wrap(os.urandom(32), subject)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO privacy_subject_key (subject, wrapped_key, master_key_id, created_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject "
+                "RETURNING wrapped_key, master_key_id, destroyed_at",
+                [subject, wrapped, master_id, datetime.now(timezone.utc)])
+            row = cursor.fetchone()
         if row[2] is not None or row[0] is None:
             raise SubjectErasedError(f"the personal data of {subject} was erased; no new personal data can be stored "
                                      "for it")
