@@ -84,13 +84,6 @@ class DomainEvent:
         """The event's own fields (not its id or time), as Python values."""
         return {name: getattr(self, name) for name in self.data_field_names()}
 
-    def subject(self) -> tuple[str, str] | None:
-        """(subject type, subject id) whose key protects this event's sensitive fields."""
-        if not self.sensitive_fields or self.data_subject is None:
-            return None
-        subject_type, field_name = self.data_subject
-        return subject_type, str(getattr(self, field_name))
-
 
 def event_classes() -> dict[str, dict[int, type[DomainEvent]]]:
     """Every event class defined so far: event_type -> {schema_version: class}."""
