@@ -154,7 +154,8 @@ class EventTypeRegistry:
         return event_classes().get(event_type, {}).get(schema_version)
 
     def ensure_writable(self, event: object) -> type[DomainEvent]:
-        """Refuses anything that is not the newest registered class of its type."""
+        """Refuses anything that is not a registered event class (an older schema version is
+        accepted: code not yet upgraded may still write it; readers upcast it)."""
         if not isinstance(event, DomainEvent):
             raise UnknownEventTypeError(
                 f"{event!r} is a {type(event).__name__}, not a DomainEvent; only domain events can be appended"
