@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from django.db import DatabaseError, connections, transaction
 import psycopg
@@ -26,6 +26,9 @@ from psycopg.types.datetime import TimestamptzLoader
 from .errors import DuplicateEventError
 from .integrity import GENESIS_HASH, next_chain_hash
 from .records import EventMetadata, ExpectedVersion, KafkaPosition, KeyMaterial, StoredEvent
+
+if TYPE_CHECKING:
+    from ..privacy.keys import NewKey
 
 LOAD_COLUMNS = (
     "position", "event_id", "version", "event_type", "schema_version", "occurred_at", "correlation_id",
@@ -52,7 +55,7 @@ class PendingEvent:
 
 @dataclass(frozen=True, slots=True)
 class AppendOutcome:
-    outcome: str  # "appended", "idempotent" or "conflict"
+    outcome: str  # "appended", "idempotent", "conflict" or "key_exists" (a new data key lost a race)
     stream_version: int
     published_version: int | None  # before the append; None if the stream did not exist
     positions: tuple[int, ...]
@@ -106,8 +109,8 @@ class DjangoRecorder:
         self.alias = alias
 
     def append(self, stream_id: str, stream_type: str, expected: int, now: datetime,
-               events: Sequence[PendingEvent]) -> AppendOutcome:
-        from ..models import Event, Stream
+               events: Sequence[PendingEvent], new_key: NewKey | None = None) -> AppendOutcome:
+        from ..models import Event, Stream, SubjectKey
 
         streams = Stream.objects.using(self.alias)
         with transaction.atomic(using=self.alias):
@@ -128,6 +131,13 @@ class DjangoRecorder:
             if not _expectation_holds(expected, version):
                 transaction.set_rollback(True, using=self.alias)  # no empty stream row is left behind
                 return AppendOutcome("conflict", version, published, ())
+            if new_key is not None:
+                _, created = SubjectKey.objects.using(self.alias).get_or_create(
+                    subject=new_key.subject, defaults={"wrapped_key": new_key.wrapped,
+                                                       "master_key_id": new_key.master_key_id, "created_at": now})
+                if not created:
+                    transaction.set_rollback(True, using=self.alias)
+                    return AppendOutcome("key_exists", version, published, ())
 
             chain = bytes(stream.last_hash)
             rows, hashes = [], []
@@ -197,7 +207,7 @@ class DjangoRecorder:
 _APPEND_SQL = (
     "SELECT outcome, stream_version, published_version, positions, hashes FROM eventstore_append("
     "%s, %s, %s, %s, %b::uuid[], %b::text[], %b::int[], %b::timestamptz[], %b::text[], %b::text[], "
-    "%b::text[], %b::text[], %b::bytea[], %b::bytea[])"  # %b: arrays go in binary, nothing to escape
+    "%b::text[], %b::text[], %b::bytea[], %b::bytea[], %s::text, %b::bytea, %s::text)"  # %b: binary, no escaping
 )
 
 
@@ -213,7 +223,7 @@ class PostgresRecorder(DjangoRecorder):
     """One round trip per append (the `eventstore_append` function) and per load."""
 
     def append(self, stream_id: str, stream_type: str, expected: int, now: datetime,
-               events: Sequence[PendingEvent]) -> AppendOutcome:
+               events: Sequence[PendingEvent], new_key: NewKey | None = None) -> AppendOutcome:
         # A server-side-binding psycopg cursor and a prepared statement (Django's cursors bind
         # client-side: they would quote 13 arrays into the SQL text each time).
         db = connections[self.alias]
@@ -227,6 +237,7 @@ class PostgresRecorder(DjangoRecorder):
                     [e.correlation_id for e in events], [e.causation_id for e in events],
                     [e.actor for e in events], [e.data_subject for e in events], [e.payload for e in events],
                     [e.digest for e in events],
+                    new_key and new_key.subject, new_key and new_key.wrapped, new_key and new_key.master_key_id,
                 ], prepare=True, binary=True).fetchone()
         except DatabaseError as exc:
             diag = getattr(exc.__cause__, "diag", None)

@@ -30,6 +30,7 @@ from .integrity import content_digest
 from .records import AppendResult, EventMetadata, ExpectedVersion, StoredEvent
 from .recorders import DjangoRecorder, PendingEvent
 from ..privacy.fields import data_subject_of, encrypt_sensitive_fields
+from ..privacy.keys import get_subject_keys
 from .serialization import canonical_json, parse_stream_id, registry
 
 logger = logging.getLogger(__name__)
@@ -70,9 +71,16 @@ class EventStore:
         for name, value in context.items():
             if value is not None and (not isinstance(value, str) or not value or len(value) > _ID_LIMITS[name]):
                 raise EventStoreError(f"{name} must be a non-empty string of at most {_ID_LIMITS[name]} characters")
-        pending = self._prepare(stream_id, events, context)
-
-        outcome = self.recorder.append(stream_id, stream_type, int(expected_version), _now(), pending)
+        keys = _AppendKeys(get_subject_keys())
+        pending = self._prepare(stream_id, events, context, keys)
+        outcome = self.recorder.append(stream_id, stream_type, int(expected_version), _now(), pending, keys.new)
+        if outcome.outcome == "key_exists":
+            # Another process made this subject's key first: encrypt with that one instead.
+            keys = _AppendKeys(get_subject_keys(), allow_new=False)
+            pending = self._prepare(stream_id, events, context, keys)
+            outcome = self.recorder.append(stream_id, stream_type, int(expected_version), _now(), pending, None)
+        if keys.new is not None and outcome.outcome == "appended":
+            get_subject_keys().remember(keys.new.subject, keys.new.key)
         if outcome.outcome == "conflict":
             raise ConcurrencyError(stream_id, ExpectedVersion.describe(int(expected_version)), outcome.stream_version)
         first = outcome.stream_version - len(pending) + 1
@@ -96,7 +104,8 @@ class EventStore:
                                   using=self.recorder.alias)
         return result
 
-    def _prepare(self, stream_id: str, events: Sequence[DomainEvent], context: dict) -> list[PendingEvent]:
+    def _prepare(self, stream_id: str, events: Sequence[DomainEvent], context: dict,
+                 keys: "_AppendKeys") -> list[PendingEvent]:
         if isinstance(events, DomainEvent) or not isinstance(events, (list, tuple)):
             raise EventStoreError("events must be a list of DomainEvent instances")
         if not events:
@@ -117,7 +126,7 @@ class EventStore:
                 raise EventStoreError(f"{cls.event_type}.occurred_at must be a timezone-aware datetime")
             occurred_at = occurred_at.astimezone(timezone.utc)
             subject = data_subject_of(event) if cls.sensitive_fields else None
-            payload = canonical_json(encrypt_sensitive_fields(event))
+            payload = canonical_json(encrypt_sensitive_fields(event, encryption_key=keys))
             size = len(payload) + _HEADER_OVERHEAD
             if size > self.max_event_bytes:
                 raise EventTooLargeError(
@@ -213,6 +222,27 @@ class EventStore:
                 f"expected_version must be a version (0 or more) or one of ExpectedVersion.ANY, NO_STREAM, "
                 f"STREAM_EXISTS; got {expected!r}"
             )
+
+
+class _AppendKeys:
+    """The data keys of one append: those this process holds, plus at most one new key, which
+    the append statement itself stores (no extra round trip for a new child)."""
+
+    def __init__(self, subject_keys, allow_new: bool = True) -> None:
+        self.subject_keys = subject_keys
+        self.allow_new = allow_new
+        self.new = None
+
+    def key_for_writing(self, subject: str) -> bytes:
+        key = self.subject_keys.cached_key_for_writing(subject)
+        if key is not None:
+            return key
+        if self.new is not None and self.new.subject == subject:
+            return self.new.key
+        if self.allow_new and self.new is None:
+            self.new = self.subject_keys.new_key(subject)
+            return self.new.key
+        return self.subject_keys.key_for_writing(subject)
 
 
 def _metadata(stream_id: str, version: int, pending: PendingEvent, position: int) -> EventMetadata:

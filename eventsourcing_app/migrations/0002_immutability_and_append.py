@@ -63,7 +63,7 @@ CREATE OR REPLACE FUNCTION eventstore_append(
     p_stream_id text, p_stream_type text, p_expected bigint, p_now timestamptz,
     p_event_ids uuid[], p_event_types text[], p_schema_versions int[], p_occurred_at timestamptz[],
     p_correlation_ids text[], p_causation_ids text[], p_actors text[], p_subjects text[], p_payloads bytea[],
-    p_digests bytea[]
+    p_digests bytea[], p_key_subject text, p_key_wrapped bytea, p_key_master text
 ) RETURNS TABLE(outcome text, stream_version bigint, published_version bigint, positions bigint[], hashes bytea[])
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -111,6 +111,18 @@ BEGIN
         RETURN;
     END IF;
 
+    -- A data key made for this append (a new subject): stored here, unless another writer
+    -- stored one first, in which case the caller encrypts again with that one.
+    IF p_key_subject IS NOT NULL THEN
+        INSERT INTO privacy_subject_key (subject, wrapped_key, master_key_id, created_at)
+        VALUES (p_key_subject, p_key_wrapped, p_key_master, p_now)
+        ON CONFLICT (subject) DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT 'key_exists'::text, v_version, v_published, NULL::bigint[], NULL::bytea[];
+            RETURN;
+        END IF;
+    END IF;
+
     IF v_published IS NULL THEN
         INSERT INTO eventstore_stream (stream_id, stream_type, version, published_version, last_hash, created_at, updated_at)
         VALUES (p_stream_id, p_stream_type, 0, 0, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea, p_now, p_now)
@@ -150,7 +162,7 @@ END $$;
 """
 
 POSTGRES_BACKWARD = r"""
-DROP FUNCTION IF EXISTS eventstore_append(text, text, bigint, timestamptz, uuid[], text[], int[], timestamptz[], text[], text[], text[], text[], bytea[], bytea[]);
+DROP FUNCTION IF EXISTS eventstore_append(text, text, bigint, timestamptz, uuid[], text[], int[], timestamptz[], text[], text[], text[], text[], bytea[], bytea[], text, bytea, text);
 DROP TRIGGER IF EXISTS eventstore_event_no_update ON eventstore_event;
 DROP TRIGGER IF EXISTS eventstore_event_no_delete ON eventstore_event;
 DROP TRIGGER IF EXISTS eventstore_event_no_truncate ON eventstore_event;

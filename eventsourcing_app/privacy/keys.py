@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
@@ -32,6 +33,17 @@ class SubjectErasedError(EventStoreError):
     """The subject's personal data was erased; nothing new may be stored under its key."""
 
 
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A data key made for a subject that had none in this process; the append that first
+    uses it stores it in the same statement (or learns that another key exists)."""
+
+    subject: str
+    key: bytes
+    wrapped: bytes
+    master_key_id: str
+
+
 class SubjectKeys:
     def __init__(self, keyring: MasterKeyring) -> None:
         self.keyring = keyring
@@ -40,6 +52,18 @@ class SubjectKeys:
         self._unwrapped: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
 
     # --- writing ---------------------------------------------------------------------
+
+    def cached_key_for_writing(self, subject: str) -> bytes | None:
+        cached = self._for_writing.get(subject)
+        return cached[0] if cached is not None and cached[1] > time.monotonic() else None
+
+    def new_key(self, subject: str) -> NewKey:
+        key = os.urandom(32)
+        wrapped, master_id = self.keyring.wrap(key, subject)
+        return NewKey(subject, key, wrapped, master_id)
+
+    def remember(self, subject: str, key: bytes) -> None:
+        self._for_writing[subject] = (key, time.monotonic() + _WRITE_CACHE_SECONDS)
 
     def key_for_writing(self, subject: str) -> bytes:
         now = time.monotonic()
@@ -158,4 +182,4 @@ def get_subject_keys() -> SubjectKeys:
         return _subject_keys
 
 
-__all__ = ["KeyMaterial", "MasterKeyError", "SubjectErasedError", "SubjectKeys", "get_subject_keys"]
+__all__ = ["KeyMaterial", "MasterKeyError", "NewKey", "SubjectErasedError", "SubjectKeys", "get_subject_keys"]

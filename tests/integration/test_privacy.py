@@ -193,3 +193,25 @@ def test_a_wrong_master_key_stops_start_up_with_a_clear_message(family):
     keys = SubjectKeys(MasterKeyring([base64.b64decode(wrong)]))
     with pytest.raises(MasterKeyError):
         keys.key_for_reading(f"child:{family[0].id}")
+
+
+@pytest.mark.parametrize("recorder", ["postgres", "portable"])
+def test_a_key_made_first_by_another_process_is_the_one_used(store, recorder):
+    from eventsourcing_app.eventstore import EventStore, deserialize_event
+    from eventsourcing_app.eventstore.recorders import DjangoRecorder
+    from eventsourcing_app.privacy.cipher import decrypt_fields
+
+    writer = store if recorder == "postgres" else EventStore(
+        recorder=DjangoRecorder(), stream_types=store.stream_types, max_event_bytes=store.max_event_bytes,
+        kafka_settings=store.kafka_settings)
+    child = new_child(name=NAME)
+    subject = f"child:{child.id}"
+    elsewhere = SubjectKeys(MasterKeyring(settings.TEDDY_MASTER_KEYS))  # another process's key cache
+    existing = elsewhere.key_for_writing(subject)  # it made the subject's key first
+    writer.append_events_sync(child.stream_id, child.get_domain_events(), expected_version=0)
+
+    stored = writer.load_events_sync(child.stream_id)[0]
+    data = json.loads(stored.payload)
+    assert decrypt_fields(data, existing, subject, stored.event_id)["name"] == NAME
+    assert deserialize_event(stored).name == NAME
+    assert SubjectKey.objects.filter(pk=subject).count() == 1
