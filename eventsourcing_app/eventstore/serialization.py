@@ -184,9 +184,7 @@ class EventTypeRegistry:
         if not isinstance(data, dict):
             raise MalformedEventError(f"{where}: payload is a JSON {type(data).__name__}, expected an object")
         if meta.data_subject is not None and has_envelopes(data):
-            from ..privacy.keys import get_subject_keys
-
-            key = get_subject_keys().key_for_reading(meta.data_subject, stored.subject_key)
+            key = _subject_keys().key_for_reading(meta.data_subject, stored.subject_key)
             data = decrypt_fields(data, key, meta.data_subject, meta.event_id)  # erased: fields read None
 
         # Lift the stored shape one schema version at a time, as a dict or as an object.
@@ -232,6 +230,12 @@ class EventTypeRegistry:
             f"unknown event type {event_type!r}: no DomainEvent subclass defines it; "
             "import the module that defines it before loading"
         )
+
+
+def _subject_keys():
+    from ..privacy.keys import get_subject_keys  # the key store needs Django; plain decoding does not
+
+    return get_subject_keys()
 
 
 registry = EventTypeRegistry()

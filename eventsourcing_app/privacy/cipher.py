@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 from typing import Any, Iterable
 
 from cryptography.exceptions import InvalidTag
@@ -23,6 +24,27 @@ from ..eventstore.errors import MalformedEventError
 
 ENVELOPE_MARK = "$enc"
 NONCE_BYTES = 12
+_NONCE_POOL_BYTES = NONCE_BYTES * 4096
+_nonces = threading.local()
+_aeads: dict[bytes, AESGCM] = {}
+
+
+def _nonce() -> bytes:
+    """A fresh random 96-bit nonce, from a per-thread pool filled by one os.urandom call."""
+    pool = getattr(_nonces, "pool", b"")
+    if len(pool) < NONCE_BYTES:
+        pool = os.urandom(_NONCE_POOL_BYTES)
+    _nonces.pool = pool[NONCE_BYTES:]
+    return pool[:NONCE_BYTES]
+
+
+def _aead(key: bytes) -> AESGCM:
+    aead = _aeads.get(key)
+    if aead is None:
+        if len(_aeads) > 10_000:
+            _aeads.clear()
+        aead = _aeads[key] = AESGCM(key)
+    return aead
 
 
 def is_envelope(value: Any) -> bool:
@@ -36,10 +58,10 @@ def _aad(subject: str, context: str, field: str) -> bytes:
 def encrypt_fields(data: dict, fields: Iterable[str], key: bytes, subject: str, context: str) -> dict:
     """A copy of `data` with the given fields (those present) replaced by envelopes."""
     out = dict(data)
-    aead = AESGCM(key)
+    aead = _aead(key)
     for field in fields:
         if field in out and out[field] is not None:
-            nonce = os.urandom(NONCE_BYTES)
+            nonce = _nonce()
             plaintext = json.dumps(out[field], separators=(",", ":"), ensure_ascii=False).encode()
             out[field] = {
                 ENVELOPE_MARK: 1,
@@ -52,7 +74,7 @@ def encrypt_fields(data: dict, fields: Iterable[str], key: bytes, subject: str, 
 def decrypt_fields(data: dict, key: bytes | None, subject: str, context: str) -> dict:
     """A copy of `data` with envelopes opened; with no key (erased subject) they read as None."""
     out = dict(data)
-    aead = AESGCM(key) if key is not None else None
+    aead = _aead(key) if key is not None else None
     for field, value in data.items():
         if not is_envelope(value):
             continue
