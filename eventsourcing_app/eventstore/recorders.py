@@ -213,7 +213,8 @@ _APPEND_SQL = (
 
 # The subject's key row comes with the events: one round trip, and a key destroyed by an
 # erasure is never used again.
-_LOAD_SQL = (f"SELECT {', '.join('e.' + c for c in LOAD_COLUMNS)}, k.wrapped_key, k.master_key_id "
+_LOAD_SQL = (f"SELECT {', '.join('e.' + c if c != 'event_id' else 'e.event_id::text' for c in LOAD_COLUMNS)}, "
+             "k.wrapped_key, k.master_key_id "
              "FROM eventstore_event e LEFT JOIN privacy_subject_key k ON k.subject = e.data_subject "
              "WHERE e.stream_id = %s AND e.version >= %s AND e.version <= %s ORDER BY e.version")
 _MAX_VERSION = 2**63 - 1
@@ -258,8 +259,12 @@ class PostgresRecorder(DjangoRecorder):
             cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
             cursor.execute(_LOAD_SQL, [stream_id, from_version, to_version if to_version is not None else _MAX_VERSION],
                            prepare=True, binary=True)
-            return [row_to_stored_event(stream_id, row, KeyMaterial(row[15], row[16]) if row[9] is not None else None)
-                    for row in cursor.fetchall()]
+            rows = cursor.fetchall()
+        materials: dict[str, KeyMaterial] = {}  # one per subject and load
+        for row in rows:
+            if row[9] is not None and row[9] not in materials:
+                materials[row[9]] = KeyMaterial(row[15], row[16])
+        return [row_to_stored_event(stream_id, row, materials.get(row[9])) for row in rows]
 
     def record_publications(self, publications: Sequence[Publication], now: datetime) -> None:
         runs = _contiguous_runs(publications)
