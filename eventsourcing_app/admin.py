@@ -6,7 +6,7 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
-from .models import Event, Stream
+from .models import Event, Snapshot, Stream, SubjectKey
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -63,3 +63,23 @@ class EventAdmin(ReadOnlyAdmin):
     @admin.display(description="chain hash")
     def chain_hash_hex(self, obj):
         return bytes(obj.chain_hash).hex()
+
+
+@admin.register(Snapshot)
+class SnapshotAdmin(ReadOnlyAdmin):
+    list_display = ("stream_id", "version", "aggregate_type", "schema_version", "created_at", "kafka_offset")
+    list_filter = ("aggregate_type",)
+    search_fields = ("=stream__stream_id",)
+    show_full_result_count = False
+    exclude = ("state",)  # encrypted state; decrypted views go through export_child, which is audited
+
+
+@admin.register(SubjectKey)
+class SubjectKeyAdmin(ReadOnlyAdmin):
+    """Which data subjects have keys and which were erased; never the keys themselves."""
+
+    list_display = ("subject", "master_key_id", "created_at", "destroyed_at")
+    search_fields = ("=subject",)
+    list_filter = ("destroyed_at",)
+    show_full_result_count = False
+    exclude = ("wrapped_key",)

@@ -71,3 +71,42 @@ class CorrelationIdMiddleware:
             response = self.get_response(request)
         response["X-Correlation-ID"] = correlation_id
         return response
+
+
+_celery_connected = False
+
+
+def connect_celery_signals() -> None:
+    """Carries the correlation id, causation id and actor from the code that queues a task to
+    the worker that runs it, so that events appended by tasks keep the request's context."""
+    global _celery_connected
+    if _celery_connected:
+        return
+    _celery_connected = True
+    from celery.signals import before_task_publish, task_postrun, task_prerun
+
+    contexts: dict[str, object] = {}
+
+    @before_task_publish.connect(weak=False)
+    def _add_context_headers(headers=None, **kwargs):
+        if headers is not None:
+            for name, var in (("correlation_id", _correlation_id), ("causation_id", _causation_id), ("actor", _actor)):
+                if var.get() is not None:
+                    headers.setdefault(f"teddy_{name}", var.get())
+
+    @task_prerun.connect(weak=False)
+    def _enter_context(task_id=None, task=None, **kwargs):
+        request = task.request if task is not None else None
+        values = {name: getattr(request, f"teddy_{name}", None) for name in ("correlation_id", "causation_id", "actor")}
+        values["correlation_id"] = values["correlation_id"] or str(task_id)
+        if values["actor"] is None and task is not None:
+            values["actor"] = f"task:{task.name}"
+        context = event_context(**values)
+        context.__enter__()
+        contexts[task_id] = context
+
+    @task_postrun.connect(weak=False)
+    def _leave_context(task_id=None, **kwargs):
+        context = contexts.pop(task_id, None)
+        if context is not None:
+            context.__exit__(None, None, None)
