@@ -36,6 +36,7 @@ from eventsourcing_app.domain import (
     SafetySettingsChanged,
     UnknownProfileField,
 )
+from tests.unit.domain_helpers import assert_refused, replayed
 
 CHILD_EVENTS = (ChildRegisteredV1, ChildRegisteredV2, ChildProfileUpdated, DevicePaired, DeviceUnpaired,
                 SafetySettingsChanged, ChildDeactivated, ChildDataErased)
@@ -58,26 +59,9 @@ def event_types(aggregate) -> list[str]:
     return [type(event).__name__ for event in aggregate.get_domain_events()]
 
 
-def replayed(aggregate, events=None):
-    """A fresh aggregate of the same id with the events applied, as the repository does."""
-    copy = type(aggregate).create_empty(aggregate.id)
-    for event in aggregate.get_domain_events() if events is None else events:
-        copy.apply_event(event)
-    return copy
-
-
 def redacted(event):
     """The event as the store returns it once its subject's key is destroyed."""
     return dataclasses.replace(event, **{name: None for name in event.sensitive_fields})
-
-
-def assert_refused(aggregate, command, error, match=None):
-    """The command raises `error` and leaves state and pending events as they were."""
-    state, pending = aggregate.to_snapshot(), aggregate.get_domain_events()
-    with pytest.raises(error, match=match):
-        command()
-    assert aggregate.to_snapshot() == state
-    assert aggregate.get_domain_events() == pending
 
 
 # --- The guide's examples ----------------------------------------------------------

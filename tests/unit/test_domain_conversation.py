@@ -23,6 +23,7 @@ from eventsourcing_app.domain import (
     MessageRecorded,
     SafetyFlagRaised,
 )
+from tests.unit.domain_helpers import assert_refused, replayed
 
 CONVERSATION_EVENTS = (ConversationStarted, MessageRecorded, SafetyFlagRaised, ConversationEnded,
                        ConversationSummarized)
@@ -39,22 +40,6 @@ def ended_conversation() -> Conversation:
     conversation.record_message("child", "Why is the sky blue?")
     conversation.end("child said goodbye")
     return conversation
-
-
-def replayed(aggregate, events=None):
-    copy = type(aggregate).create_empty(aggregate.id)
-    for event in aggregate.get_domain_events() if events is None else events:
-        copy.apply_event(event)
-    return copy
-
-
-def assert_refused(aggregate, command, error, match=None):
-    """The command raises `error` and leaves state and pending events as they were."""
-    state, pending = aggregate.to_snapshot(), aggregate.get_domain_events()
-    with pytest.raises(error, match=match):
-        command()
-    assert aggregate.to_snapshot() == state
-    assert aggregate.get_domain_events() == pending
 
 
 @pytest.mark.parametrize("event_class", CONVERSATION_EVENTS)

@@ -26,6 +26,7 @@ from eventsourcing_app.domain import (
     ParentSettingsUpdated,
     UnknownSettingField,
 )
+from tests.unit.domain_helpers import assert_refused, replayed
 
 PARENT_EVENTS = (ParentRegistered, ParentalConsentGranted, ParentalConsentWithdrawn, ParentSettingsUpdated,
                  ParentDeactivated)
@@ -36,22 +37,6 @@ def registered_parent() -> Parent:
     parent = Parent(ParentId("parent-456"))
     parent.register("ann@example.com", "Ann", phone="+1 555 0100 123")
     return parent
-
-
-def replayed(aggregate, events=None):
-    copy = type(aggregate).create_empty(aggregate.id)
-    for event in aggregate.get_domain_events() if events is None else events:
-        copy.apply_event(event)
-    return copy
-
-
-def assert_refused(aggregate, command, error, match=None):
-    """The command raises `error` and leaves state and pending events as they were."""
-    state, pending = aggregate.to_snapshot(), aggregate.get_domain_events()
-    with pytest.raises(error, match=match):
-        command()
-    assert aggregate.to_snapshot() == state
-    assert aggregate.get_domain_events() == pending
 
 
 @pytest.mark.parametrize("event_class", PARENT_EVENTS)
