@@ -60,7 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, help="scenario 2: streams (default 20)")
     parser.add_argument("--per-stream", type=int, help="scenario 2: events per stream (default 5000)")
     parser.add_argument("--batch", type=int, help="scenario 2: events per append (default 500)")
-    parser.add_argument("--loads", type=int, help="scenario 3: timed loads of the 1,000-event stream (default 50)")
+    parser.add_argument("--loads", type=int,
+                        help="scenarios 3 and 3b: timed loads of each 1,000-event stream (default 50)")
     parser.add_argument("--threads", type=int, help="scenario 4: concurrent appender threads (default 8)")
     parser.add_argument("--duration", type=float, help="scenario 4: seconds of concurrent appending (default 5)")
     parser.add_argument("--only", choices=["ours", "library"], help="run one side only (no ratios)")
@@ -285,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
              "batched", streams=plan.streams, per_stream=plan.per_stream, batch=plan.batch)
         step(f"3/5 load a {plan.load_events}-event stream {plan.loads} times", "load",
              events=plan.load_events, loads=plan.loads)
+        step(f"3b/5 load a {plan.load_events}-event aggregate through the repository {plan.loads} times, "
+             "before and after a snapshot", "load_snapshot", events=plan.load_events, loads=plan.loads)
         step(f"4/5 concurrent: {plan.threads} threads x {plan.duration:g}s of single-event appends", "concurrent",
              threads=plan.threads, duration=plan.duration)
         step("5/5 peak RSS", "finish")
@@ -326,6 +329,9 @@ def summary(op: str, r: dict) -> str:
         return f"{r['count'] / r['elapsed_s']:,.0f} events/s"
     if op == "load":
         return f"aggregate median {r['aggregate_p50_ms']:.1f} ms, raw median {r['raw_p50_ms']:.1f} ms"
+    if op == "load_snapshot":
+        return (f"from the snapshot: median {r['snapshot_p50_ms']:.1f} ms, {r['snapshot_load_events_replayed']} "
+                f"events replayed; no snapshot: median {r['no_snapshot_p50_ms']:.1f} ms")
     if op == "concurrent":
         return f"{r['count'] / r['elapsed_s']:,.0f} appends/s"
     if op == "finish":
@@ -391,6 +397,14 @@ def render(args, plan: Plan, results: dict, broker: dict, pg_version: str, start
     row(f"3. raw load of the {e:,} stored events (no domain objects): median", "load", lambda r: r["raw_p50_ms"],
         unit="ms", better="lower")
     row("3. ... p90", "load", lambda r: r["raw_p90_ms"], unit="ms", better="lower")
+    row(f"3. load a {e:,}-event aggregate from a snapshot at version {e:,} ({plan.loads} loads, through the "
+        "repository): median", "load_snapshot", lambda r: r["snapshot_p50_ms"], unit="ms", better="lower")
+    row("3. ... p90", "load_snapshot", lambda r: r["snapshot_p90_ms"], unit="ms", better="lower")
+    row("3. ... events replayed after the snapshot", "load_snapshot", lambda r: r["snapshot_load_events_replayed"],
+        unit="events", better="lower")
+    row(f"3. ... the same {e:,}-event aggregate through the same repository before the snapshot was taken: "
+        "median", "load_snapshot", lambda r: r["no_snapshot_p50_ms"], unit="ms", better="lower")
+    row("3. ... p90", "load_snapshot", lambda r: r["no_snapshot_p90_ms"], unit="ms", better="lower")
     row(f"4. concurrent: {plan.threads} threads x {plan.duration:g}s, own streams: total appends/s", "concurrent",
         rate, unit="/s")
     row("4. ... appends/s counting the wait for Kafka (ours: until flush() returned)", "concurrent", with_flush,
@@ -410,6 +424,8 @@ def render(args, plan: Plan, results: dict, broker: dict, pg_version: str, start
     def fmt(value: float | None, unit: str) -> str:
         if value is None:
             return "–"
+        if unit == "events":
+            return f"{value:,.0f}"
         digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
         text = f"{value:,.{digits}f}"
         return f"{text}{unit}" if unit in ("/s", "%") else f"{text} {unit}".strip()
@@ -434,6 +450,10 @@ def render(args, plan: Plan, results: dict, broker: dict, pg_version: str, start
         "- library: `eventsourcing` Application + Aggregate (@event), `PERSISTENCE_MODULE=eventsourcing.postgres` "
         f"({lib.get('setup', {}).get('info', {}).get('recorder', 'PostgresApplicationRecorder')}), default settings "
         "(no snapshots, no aggregate cache); it does not publish anywhere",
+        "- snapshot rows (3, \"from a snapshot\"): ours = `EventSourcingRepositoryImpl(cache=False).load_sync` with a "
+        "`SnapshotStore` snapshot (`save_snapshot_sync`, state's text encrypted, published to Kafka); library = "
+        "`repository.get` of an Application with `is_snapshotting_enabled = True` after `take_snapshot`; same "
+        "repository before the snapshot for the no-snapshot row",
         "- event: one int and a 100-character string; ours additionally stores metadata, a content digest and a "
         "chain hash per event, and records each event's Kafka position after the acknowledgement",
         "",

@@ -10,7 +10,13 @@ Both workers implement the same scenarios with the same event shape (an int and 
            built with build_event_store(kafka_settings=...), Kafka publishing ON.
 - library: the eventsourcing library's Application with its PostgreSQL persistence module
            (PostgresApplicationRecorder, psycopg3 pool), aggregates declared with @event, as
-           its documentation shows; no snapshots, no aggregate cache (its defaults).
+           its documentation shows; no snapshots, no aggregate cache (its defaults). The
+           snapshot scenario uses a second Application subclass with snapshotting enabled.
+
+The snapshot scenario (op `load_snapshot`) loads through each side's repository: ours
+`EventSourcingRepositoryImpl(BenchAggregate, event_store=<the benchmark's store>,
+snapshot_store=SnapshotStore(...), cache=False)`, the library `app.repository.get(id)` of an
+Application with `is_snapshotting_enabled = True`, snapshot taken with `app.take_snapshot(id)`.
 """
 from __future__ import annotations
 
@@ -99,6 +105,12 @@ class System:
     def make_load_stream(self, events: int) -> Any: ...
     def load_aggregate(self, handle: Any) -> int: ...
     def load_raw(self, handle: Any) -> int: ...
+    # The snapshot scenario: a stream written for it, loaded through the side's repository
+    # (snapshots on), a snapshot taken at its last version, and how a load started.
+    def make_snapshot_stream(self, events: int) -> Any: ...
+    def load_via_repository(self, handle: Any) -> int: ...
+    def take_snapshot(self, handle: Any) -> int: ...
+    def replay_report(self, handle: Any) -> dict: ...
     def concurrent_writer(self, index: int) -> tuple[Callable[[], None], Callable[[], None]]: ...
     def close(self) -> None: ...
 
@@ -116,8 +128,15 @@ class Ours(System):
         call_command("migrate", verbosity=0)
         log(f"    migrated {os.environ['DATABASE_URL'].rsplit('/', 1)[-1]} in {time.perf_counter() - t0:.1f}s")
 
+        from django.conf import settings
+
         from eventsourcing_app.domain import DomainEvent, EventSourcedAggregate
-        from eventsourcing_app.eventstore import build_event_store, deserialize_event
+        from eventsourcing_app.eventstore import (
+            EventSourcingRepositoryImpl,
+            SnapshotStore,
+            build_event_store,
+            deserialize_event,
+        )
         from eventsourcing_app.kafka.config import KafkaSettings
         from eventsourcing_app.kafka.topics import provision_topics
 
@@ -136,13 +155,29 @@ class Ours(System):
 
         class BenchAggregate(EventSourcedAggregate):
             aggregate_type = "bench"
+            # The text is the subject's personal data in the events: encrypted in snapshots too.
+            snapshot_sensitive_fields = ("text",)
 
             def __init__(self, id: str) -> None:
                 super().__init__(id)
-                self.n, self.text, self.count = 0, "", 0
+                self.subject, self.n, self.text, self.count = None, 0, "", 0
 
             def apply_event(self, event) -> None:
-                self.n, self.text, self.count = event.n, event.text, self.count + 1
+                self.subject, self.n, self.text, self.count = event.subject, event.n, event.text, self.count + 1
+
+            def snapshot_subject(self) -> tuple[str, str] | None:
+                return ("bench", self.subject)  # the events' data subject, so the same key
+
+            def to_snapshot(self) -> dict:
+                return {"subject": self.subject, "n": self.n, "text": self.text, "count": self.count}
+
+            @classmethod
+            def from_snapshot(cls, id: str, version: int, state: dict) -> "BenchAggregate":
+                aggregate = cls(id)
+                aggregate.subject, aggregate.n = state["subject"], state["n"]
+                aggregate.text, aggregate.count = state["text"], state["count"]
+                aggregate._version = version
+                return aggregate
 
         self.BenchEvent, self.BenchAggregate, self.deserialize = BenchEvent, BenchAggregate, deserialize_event
         self.kafka = KafkaSettings(bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"], topic_prefix="bench-",
@@ -158,6 +193,16 @@ class Ours(System):
         else:
             self._recording = {}
             log("    Kafka publishing is OFF for this run (--no-kafka)")
+        # The snapshot scenario goes through the product's repository and snapshot store, built
+        # on the benchmark's own store (not get_event_store(): that would be a second store with
+        # its own producer, publishing even in a --no-kafka run), configured as
+        # get_snapshot_store() configures it; snapshots are published to the Tansu broker too.
+        config = settings.EVENTSTORE
+        self.snapshots = SnapshotStore(
+            frequencies=config["SNAPSHOT_FREQUENCIES"], default_frequency=config["SNAPSHOT_FREQUENCY"],
+            keep=config["SNAPSHOTS_KEPT"], publisher=self.store.publisher, kafka_settings=self.kafka)
+        self.repository = EventSourcingRepositoryImpl(BenchAggregate, event_store=self.store,
+                                                      snapshot_store=self.snapshots, cache=False)
         # Warm up: connection, producer start-up (first publish connects), code paths.
         for i in range(30):
             self.store.append_events_sync(f"bench.warmup-{i}", [BenchEvent(subject=f"warmup-{i}", n=i, text=TEXT)],
@@ -214,8 +259,8 @@ class Ours(System):
             log(f"    WARNING: {self.store.publisher.errors} Kafka delivery errors so far")
         return time.perf_counter() - t0
 
-    def make_load_stream(self, events: int) -> Any:
-        handle = ["bench.load-1", 0]
+    def make_load_stream(self, events: int, name: str = "load-1") -> Any:
+        handle = [f"bench.{name}", 0]
         for first in range(0, events, 500):
             self.append_batch(handle, first, min(500, events - first))
         self.flush()
@@ -230,6 +275,22 @@ class Ours(System):
 
     def load_raw(self, handle: Any) -> int:
         return len(self.store.load_events_sync(handle))
+
+    def make_snapshot_stream(self, events: int) -> Any:
+        return self.make_load_stream(events, "snap-1").split(".", 1)[1]  # the aggregate id
+
+    def load_via_repository(self, handle: Any) -> int:
+        return self.repository.load_sync(handle).version
+
+    def take_snapshot(self, handle: Any) -> int:
+        aggregate = self.repository.load_sync(handle)
+        return self.snapshots.save_snapshot_sync(aggregate.stream_id, aggregate, aggregate.version).version
+
+    def replay_report(self, handle: Any) -> dict:
+        version = self.repository.load_sync(handle).version
+        report = self.repository.last_load
+        return {"version": version, "started_from": report.started_from, "base_version": report.base_version,
+                "events_replayed": report.events_replayed}
 
     def concurrent_writer(self, index: int):
         from django.db import connections
@@ -281,6 +342,11 @@ class Library(System):
         class BenchApplication(Application):
             pass
 
+        class BenchSnapshottingApplication(BenchApplication):
+            # The snapshot scenario only: the library's documented switch (a snapshot store in
+            # its own table, used by repository.get). Its tables are named after the class.
+            is_snapshotting_enabled = True
+
         self.BenchAggregate = BenchAggregate
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -293,6 +359,11 @@ class Library(System):
         self.app = BenchApplication(env=env)
         for i in range(30):  # warm up: pool connections, prepared statements
             self.app.save(BenchAggregate(n=i, text=TEXT))
+        # A separate application, so that scenario 3 keeps the default settings (no snapshot
+        # lookup before each load); it opens its own connection pool (part of scenario 5's RSS).
+        self.snap_app = BenchSnapshottingApplication(env=env)
+        for i in range(30):
+            self.snap_app.save(BenchAggregate(n=i, text=TEXT))
         import eventsourcing
 
         return {"eventsourcing": getattr(eventsourcing, "__version__", "?"),
@@ -304,7 +375,7 @@ class Library(System):
     def new_batched_stream(self, i: int) -> Any:
         return [None]
 
-    def append_batch(self, handle: Any, first_n: int, count: int) -> Any:
+    def append_batch(self, handle: Any, first_n: int, count: int, app: Any = None) -> Any:
         aggregate = handle[0]
         start = 0
         if aggregate is None:  # the creation event is the stream's first event
@@ -312,12 +383,12 @@ class Library(System):
             start = 1
         for k in range(start, count):
             aggregate.add(n=first_n + k, text=TEXT)
-        self.app.save(aggregate)
+        (app or self.app).save(aggregate)
 
-    def make_load_stream(self, events: int) -> Any:
+    def make_load_stream(self, events: int, app: Any = None) -> Any:
         handle = [None]
         for first in range(0, events, 500):
-            self.append_batch(handle, first, min(500, events - first))
+            self.append_batch(handle, first, min(500, events - first), app)
         return handle[0].id
 
     def load_aggregate(self, handle: Any) -> int:
@@ -325,6 +396,40 @@ class Library(System):
 
     def load_raw(self, handle: Any) -> int:
         return len(self.app.recorder.select_events(handle))
+
+    def make_snapshot_stream(self, events: int) -> Any:
+        return self.make_load_stream(events, self.snap_app)
+
+    def load_via_repository(self, handle: Any) -> int:
+        return self.snap_app.repository.get(handle).version
+
+    def take_snapshot(self, handle: Any) -> int:
+        self.snap_app.take_snapshot(handle)
+        return self._latest_snapshot_version(handle)
+
+    def _latest_snapshot_version(self, handle: Any) -> int:
+        latest = list(self.snap_app.snapshots.get(handle, desc=True, limit=1))
+        return latest[0].originator_version if latest else 0
+
+    def replay_report(self, handle: Any) -> dict:
+        # The library does not say how a load started: count the events its repository reads
+        # from the event store (those after the snapshot it used) during one load.
+        events, replayed = self.snap_app.repository.event_store, [0]
+        original = events.get
+
+        def counting_get(*args, **kwargs):
+            for item in original(*args, **kwargs):
+                replayed[0] += 1
+                yield item
+
+        events.get = counting_get
+        try:
+            version = self.snap_app.repository.get(handle).version
+        finally:
+            del events.get
+        base = self._latest_snapshot_version(handle)
+        return {"version": version, "started_from": "snapshot" if base else "empty", "base_version": base,
+                "events_replayed": replayed[0]}
 
     def concurrent_writer(self, index: int):
         state: dict[str, Any] = {"aggregate": None}
@@ -339,11 +444,15 @@ class Library(System):
         return append, lambda: None
 
     def final_check(self) -> dict:
-        with self.app.recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) AS n FROM {self.app.recorder.events_table_name}")
-            return {"stored_events": cursor.fetchone()["n"]}
+        stored = 0
+        for app in (self.app, self.snap_app):  # the snapshotting application has its own tables
+            with app.recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+                cursor.execute(f"SELECT count(*) AS n FROM {app.recorder.events_table_name}")
+                stored += cursor.fetchone()["n"]
+        return {"stored_events": stored}
 
     def close(self) -> None:
+        self.snap_app.close()
         self.app.close()
 
 
@@ -417,29 +526,58 @@ class Worker:
                     **{f"batch_{k}": v for k, v in latency_summary(latencies).items()}}
         return self._measured("batched", body)
 
+    def _timed_loads(self, fn: Callable[[Any], int], handle: Any, events: int, loads: int,
+                     label: str) -> list[float]:
+        for _ in range(3):  # warm-up, not counted
+            got = fn(handle)
+            if got != events:
+                raise RuntimeError(f"{label} returned {got} events, expected {events}")
+        progress, times = Progress(f"{self.tag} {label}", loads, " loads"), []
+        for i in range(loads):
+            s = time.perf_counter()
+            fn(handle)
+            times.append(time.perf_counter() - s)
+            progress.tick(i + 1)
+        return times
+
     def load(self, events: int, loads: int) -> dict:
         log(f"    {self.tag} writing a {events}-event stream")
         handle = self.system.make_load_stream(events)
 
-        def timed(fn: Callable[[Any], int], label: str) -> list[float]:
-            for _ in range(3):  # warm-up, not counted
-                got = fn(handle)
-                if got != events:
-                    raise RuntimeError(f"{label} returned {got} events, expected {events}")
-            progress, times = Progress(f"{self.tag} {label}", loads, " loads"), []
-            for i in range(loads):
-                s = time.perf_counter()
-                fn(handle)
-                times.append(time.perf_counter() - s)
-                progress.tick(i + 1)
-            return times
-
         def body() -> dict:
-            aggregate = latency_summary(timed(self.system.load_aggregate, "aggregate loads"))
-            raw = latency_summary(timed(self.system.load_raw, "raw loads"))
+            aggregate = latency_summary(self._timed_loads(self.system.load_aggregate, handle, events, loads,
+                                                          "aggregate loads"))
+            raw = latency_summary(self._timed_loads(self.system.load_raw, handle, events, loads, "raw loads"))
             return {"events": events, "loads": loads, **{f"aggregate_{k}": v for k, v in aggregate.items()},
                     **{f"raw_{k}": v for k, v in raw.items()}}
         return self._measured("load", body)
+
+    def load_snapshot(self, events: int, loads: int) -> dict:
+        """Scenario 3b: a new stream of `events` events loaded through the side's repository
+        (snapshots on), first with no snapshot, then from a snapshot taken at its last version."""
+        log(f"    {self.tag} writing a {events}-event stream for the snapshot scenario")
+        handle = self.system.make_snapshot_stream(events)
+
+        def body() -> dict:
+            load = self.system.load_via_repository
+            before = latency_summary(self._timed_loads(load, handle, events, loads, "repository loads, no snapshot"))
+            before_report = self.system.replay_report(handle)
+            t0 = time.perf_counter()
+            snapshot_version = self.system.take_snapshot(handle)
+            snapshot_s = time.perf_counter() - t0
+            if snapshot_version != events:
+                raise RuntimeError(f"the snapshot is at version {snapshot_version}, expected {events}")
+            after = latency_summary(self._timed_loads(load, handle, events, loads, "repository loads from snapshot"))
+            after_report = self.system.replay_report(handle)
+            log(f"    {self.tag} a load from the snapshot started from {after_report['started_from']} "
+                f"v{after_report['base_version']} and replayed {after_report['events_replayed']} events")
+            return {"events": events, "loads": loads, "snapshot_version": snapshot_version,
+                    "take_snapshot_s": snapshot_s,
+                    **{f"snapshot_{k}": v for k, v in after.items()},
+                    **{f"snapshot_load_{k}": v for k, v in after_report.items()},
+                    **{f"no_snapshot_{k}": v for k, v in before.items()},
+                    **{f"no_snapshot_load_{k}": v for k, v in before_report.items()}}
+        return self._measured("load_snapshot", body)
 
     def concurrent(self, threads: int, duration: float) -> dict:
         def body() -> dict:
