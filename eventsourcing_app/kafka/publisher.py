@@ -183,7 +183,12 @@ class EventPublisher:
             if old is not None:
                 logger.warning("replacing the Kafka producer after a fatal error or a timeout")
                 old.purge()  # their delivery reports fail; those events stay in the outbox
-                old.poll(0)
+                old.flush(2.0)  # serves those reports
+                unreported = len(old)
+                if unreported:  # reports that will never come: stop waiting for them
+                    with self._idle:
+                        self._outstanding -= unreported
+                        self._idle.notify_all()
             check_topics(self.settings, timeout=5.0)
             producer = Producer({**self.settings.producer_config(), "error_cb": self._on_error},
                                 logger=logging.getLogger("librdkafka"))
