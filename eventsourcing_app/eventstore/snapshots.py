@@ -17,6 +17,7 @@ from typing import Iterable
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 
 from ..domain.aggregate import EventSourcedAggregate
 from ..privacy.cipher import decrypt_fields, encrypt_fields
@@ -116,22 +117,26 @@ class SnapshotStore:
         """The latest snapshot at or below `max_version`, of `schema_version` if given."""
         from ..models import Snapshot, SubjectKey
 
+        # One query: the snapshot row and, joined, its subject's key row.
         rows = Snapshot.objects.filter(stream_id=stream_id)
         if max_version is not None:
             rows = rows.filter(version__lte=max_version)
         if schema_version is not None:
             rows = rows.filter(schema_version=schema_version)  # an older shape is ignored, not loaded
-        row = rows.order_by("-version").values_list(
-            "version", "aggregate_type", "schema_version", "state", "data_subject", "created_at").first()
+        key_row = SubjectKey.objects.filter(subject=OuterRef("data_subject"))
+        row = (rows.order_by("-version")
+               .annotate(wrapped_key=Subquery(key_row.values("wrapped_key")[:1]),
+                         master_key_id=Subquery(key_row.values("master_key_id")[:1]))
+               .values_list("version", "aggregate_type", "schema_version", "state", "data_subject", "created_at",
+                            "wrapped_key", "master_key_id").first())
         if row is None:
             return None
-        version, aggregate_type, schema, blob, subject, created_at = row
+        version, aggregate_type, schema, blob, subject, created_at, wrapped, master_id = row
         state = json.loads(bytes(blob))
         if subject is not None:
-            material = SubjectKey.objects.filter(pk=subject).values_list("wrapped_key", "master_key_id").first()
-            if material is None or material[0] is None:
+            if wrapped is None:
                 return None  # erased (its snapshots should be gone already): rebuild from events, redacted
-            key = get_subject_keys().key_for_reading(subject, KeyMaterial(bytes(material[0]), material[1]))
+            key = get_subject_keys().key_for_reading(subject, KeyMaterial(bytes(wrapped), master_id))
             state = decrypt_fields(state, key, subject, _context(stream_id, version))
         return SnapshotRecord(stream_id, version, aggregate_type, schema, state, created_at)
 
