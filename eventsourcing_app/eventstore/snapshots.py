@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
-from django.db.models import OuterRef, Subquery
+from django.db import connection, transaction
+from django.utils.dateparse import parse_datetime
 
 from ..domain.aggregate import EventSourcedAggregate
 from ..privacy.cipher import decrypt_fields, encrypt_fields
@@ -37,6 +37,16 @@ class SnapshotRecord:
     schema_version: int
     state: dict  # decrypted; erased personal data reads as None
     created_at: datetime
+
+
+_MAX_VERSION = 2**63 - 1
+_LATEST_SQL = (
+    "SELECT s.version, s.aggregate_type, s.schema_version, s.state, s.data_subject, s.created_at, "
+    "k.wrapped_key, k.master_key_id "
+    "FROM eventstore_snapshot s LEFT JOIN privacy_subject_key k ON k.subject = s.data_subject "
+    "WHERE s.stream_id = %s AND s.version <= %s AND (s.schema_version = %s OR %s < 0) "
+    "ORDER BY s.version DESC LIMIT 1"
+)
 
 
 def _context(stream_id: str, version: int) -> str:
@@ -115,23 +125,18 @@ class SnapshotStore:
     def get_latest_snapshot_sync(self, stream_id: str, max_version: int | None = None,
                                  schema_version: int | None = None) -> SnapshotRecord | None:
         """The latest snapshot at or below `max_version`, of `schema_version` if given."""
-        from ..models import Snapshot, SubjectKey
-
-        # One query: the snapshot row and, joined, its subject's key row.
-        rows = Snapshot.objects.filter(stream_id=stream_id)
-        if max_version is not None:
-            rows = rows.filter(version__lte=max_version)
-        if schema_version is not None:
-            rows = rows.filter(schema_version=schema_version)  # an older shape is ignored, not loaded
-        key_row = SubjectKey.objects.filter(subject=OuterRef("data_subject"))
-        row = (rows.order_by("-version")
-               .annotate(wrapped_key=Subquery(key_row.values("wrapped_key")[:1]),
-                         master_key_id=Subquery(key_row.values("master_key_id")[:1]))
-               .values_list("version", "aggregate_type", "schema_version", "state", "data_subject", "created_at",
-                            "wrapped_key", "master_key_id").first())
+        # One query (plain SQL: this is on every aggregate load): the snapshot and its subject's
+        # key row. A snapshot of another schema version is ignored, not loaded.
+        with connection.cursor() as cursor:
+            cursor.execute(_LATEST_SQL, [stream_id, _MAX_VERSION if max_version is None else max_version,
+                                         -1 if schema_version is None else schema_version,
+                                         -1 if schema_version is None else schema_version])
+            row = cursor.fetchone()
         if row is None:
             return None
         version, aggregate_type, schema, blob, subject, created_at, wrapped, master_id = row
+        if isinstance(created_at, str):  # SQLite hands timestamps back as text
+            created_at = parse_datetime(created_at).replace(tzinfo=timezone.utc)
         state = json.loads(bytes(blob))
         if subject is not None:
             if wrapped is None:

@@ -34,6 +34,18 @@ for sql in ("UPDATE eventstore_event SET payload = x'7b7d'", "DELETE FROM events
         raise SystemExit("not refused: " + sql)
     except Exception as error:
         assert "stored events are immutable" in str(error), error
+from eventsourcing_app.domain import Child
+from eventsourcing_app.eventstore import EventSourcingRepositoryImpl, get_event_sourcing_service
+service = get_event_sourcing_service()
+child = Child(id="sqlite-kid", parent_id="sqlite-parent", name="Ada", age=5)
+child.register_child()
+child.update_profile({"age": 6})
+service.save_aggregate_sync(child)
+snapshot = service.create_snapshot_sync(Child, "sqlite-kid")
+assert snapshot.version == 2 and snapshot.created_at.tzinfo is not None
+repository = EventSourcingRepositoryImpl(Child, cache=False)
+loaded = repository.load_sync("sqlite-kid")
+assert (loaded.name, loaded.age, repository.last_load.started_from) == ("Ada", 6, "snapshot"), repository.last_load
 print("sqlite ok")
 """
 
