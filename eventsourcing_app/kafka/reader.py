@@ -14,35 +14,43 @@ from typing import Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from ..eventstore.errors import MalformedEventError
 from ..eventstore.records import EventMetadata, KafkaPosition, StoredEvent
 from .config import KafkaSettings
 
 
 def stored_event_from_message(msg) -> StoredEvent:
-    """Rebuilds a StoredEvent from a Kafka record's headers and value."""
-    headers: dict[str, str] = {}
-    for name, value in msg.headers() or []:
-        headers[name] = value.decode() if value is not None else None
-    timestamp = datetime.strptime(headers["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-    position = headers.get("global_position")
-    return StoredEvent(
-        metadata=EventMetadata(
-            event_id=headers["event_id"],
-            stream_id=headers["stream_id"],
-            event_type=headers["event_type"],
-            version=int(headers["version"]),
-            timestamp=timestamp,
-            correlation_id=headers.get("correlation_id"),
-            causation_id=headers.get("causation_id"),
-            schema_version=int(headers["schema_version"]),
-            actor=headers.get("actor"),
-            global_position=int(position) if position is not None else None,
-            data_subject=headers.get("data_subject"),
-        ),
-        payload=msg.value() or b"",
-        chain_hash=bytes.fromhex(headers.get("chain_hash", "")),
-        kafka_position=KafkaPosition(msg.topic(), msg.partition(), msg.offset()),
-    )
+    """Rebuilds a StoredEvent from a Kafka record's headers and value; a record that is not an
+    event of this store raises MalformedEventError naming where it is and what is wrong."""
+    where = f"Kafka record {msg.topic()}[{msg.partition()}]@{msg.offset()}"
+    try:
+        headers = {name: value.decode() if value is not None else None for name, value in msg.headers() or []}
+        missing = [h for h in ("event_id", "stream_id", "version", "event_type", "schema_version", "timestamp")
+                   if not headers.get(h)]
+        if missing:
+            raise ValueError(f"headers {missing} are missing")
+        timestamp = datetime.strptime(headers["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        position = headers.get("global_position")
+        return StoredEvent(
+            metadata=EventMetadata(
+                event_id=headers["event_id"],
+                stream_id=headers["stream_id"],
+                event_type=headers["event_type"],
+                version=int(headers["version"]),
+                timestamp=timestamp,
+                correlation_id=headers.get("correlation_id"),
+                causation_id=headers.get("causation_id"),
+                schema_version=int(headers["schema_version"]),
+                actor=headers.get("actor"),
+                global_position=int(position) if position is not None else None,
+                data_subject=headers.get("data_subject"),
+            ),
+            payload=msg.value() or b"",
+            chain_hash=bytes.fromhex(headers.get("chain_hash") or ""),
+            kafka_position=KafkaPosition(msg.topic(), msg.partition(), msg.offset()),
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedEventError(f"{where} is not an event of this store: {exc}") from None
 
 
 def read_positions(settings: KafkaSettings, positions: Iterable[KafkaPosition],

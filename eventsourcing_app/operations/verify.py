@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 from confluent_kafka import KafkaException
 
+from ..eventstore.errors import MalformedEventError
 from ..eventstore.integrity import IntegrityProblem, verify_chain
 from ..eventstore.recorders import LOAD_COLUMNS, row_to_stored_event
 from ..eventstore.records import StoredEvent
@@ -126,7 +127,10 @@ def _compare_partition(settings: KafkaSettings, topic: str, partition: int, mirr
                     stored.metadata.stream_id, stored.version,
                     f"missing from Kafka at {topic}[{partition}]@{offset}; refill with `manage.py refill_kafka`"))
                 continue
-            reason = _differs(stored, stored_event_from_message(msg))
+            try:
+                reason = _differs(stored, stored_event_from_message(msg))
+            except MalformedEventError as exc:
+                reason = str(exc)
             if reason:
                 report.kafka_differences.append(IntegrityProblem(stored.metadata.stream_id, stored.version,
                                                            f"Kafka copy at {topic}[{partition}]@{offset} differs: {reason}"))

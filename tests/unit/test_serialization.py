@@ -168,3 +168,42 @@ def test_chain_covers_metadata_and_detects_a_missing_event():
     changed[2] = replace(events[2], metadata=replace(events[2].metadata, actor="someone-else"))
     assert verify_chain(changed).version == 3
     assert verify_chain([events[0], events[2]]).version == 2
+
+
+class FakeRecord:
+    """What confluent-kafka hands a consumer: enough of a Message for the reader."""
+
+    def __init__(self, headers, value=b"{}"):
+        self._headers, self._value = headers, value
+
+    def headers(self):
+        return self._headers
+
+    def value(self):
+        return self._value
+
+    def topic(self):
+        return "eventstore.child"
+
+    def partition(self):
+        return 3
+
+    def offset(self):
+        return 42
+
+
+@pytest.mark.parametrize("headers, message", [
+    ([], r"headers \['event_id', 'stream_id', 'version', 'event_type', 'schema_version', 'timestamp'\] are missing"),
+    ([("event_id", b"e"), ("stream_id", b"child.c-1"), ("version", b"one"), ("event_type", b"X"),
+      ("schema_version", b"1"), ("timestamp", b"2026-01-01T00:00:00.000000Z")], "invalid literal"),
+    ([("event_id", b"e"), ("stream_id", b"child.c-1"), ("version", b"1"), ("event_type", b"X"),
+      ("schema_version", b"1"), ("timestamp", b"yesterday")], "does not match format"),
+    ([("event_id", b"\xff\xfe")], "codec can't decode"),
+])
+def test_a_kafka_record_that_is_not_an_event_is_a_clear_error(headers, message):
+    from eventsourcing_app.kafka.reader import stored_event_from_message
+
+    with pytest.raises(MalformedEventError, match=r"Kafka record eventstore.child\[3\]@42 is not an event of this store"):
+        stored_event_from_message(FakeRecord(headers))
+    with pytest.raises(MalformedEventError, match=message):
+        stored_event_from_message(FakeRecord(headers))
