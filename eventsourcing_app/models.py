@@ -98,8 +98,6 @@ class Event(models.Model):
                          condition=models.Q(correlation_id__isnull=False)),
             models.Index(fields=["causation_id"], name="eventstore_event_causation",
                          condition=models.Q(causation_id__isnull=False)),
-            models.Index(fields=["data_subject"], name="eventstore_event_subject",
-                         condition=models.Q(data_subject__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -135,6 +133,21 @@ class Snapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stream_id} @ v{self.version}"
+
+
+class SubjectStream(models.Model):
+    """Which streams hold data encrypted for a subject: found by erasure and export without an
+    index over every event (one row per subject and stream, written by the append itself)."""
+
+    subject = models.CharField(max_length=240)
+    stream = models.ForeignKey(Stream, on_delete=models.PROTECT, db_column="stream_id", db_index=False)
+
+    class Meta:
+        db_table = "privacy_subject_stream"
+        constraints = [models.UniqueConstraint(fields=["subject", "stream"], name="privacy_subject_stream_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.subject} in {self.stream_id}"
 
 
 class SubjectKey(models.Model):

@@ -110,7 +110,7 @@ class DjangoRecorder:
 
     def append(self, stream_id: str, stream_type: str, expected: int, now: datetime,
                events: Sequence[PendingEvent], new_key: NewKey | None = None) -> AppendOutcome:
-        from ..models import Event, Stream, SubjectKey
+        from ..models import Event, Stream, SubjectKey, SubjectStream
 
         streams = Stream.objects.using(self.alias)
         with transaction.atomic(using=self.alias):
@@ -151,6 +151,9 @@ class DjangoRecorder:
                     causation_id=pending.causation_id, actor=pending.actor, data_subject=pending.data_subject,
                     payload=pending.payload, chain_hash=chain))
             created = Event.objects.using(self.alias).bulk_create(rows)
+            SubjectStream.objects.using(self.alias).bulk_create(
+                [SubjectStream(subject=subject, stream_id=stream_id)
+                 for subject in {e.data_subject for e in events if e.data_subject}], ignore_conflicts=True)
             new_version = version + len(events)
             Stream.objects.using(self.alias).filter(pk=stream_id).update(
                 version=new_version, last_hash=chain, updated_at=now)

@@ -87,8 +87,20 @@ class Migration(migrations.Migration):
             ],
             options={
                 'db_table': 'eventstore_event',
-                'indexes': [models.Index(fields=['event_type'], name='eventstore_event_type'), models.Index(condition=models.Q(('correlation_id__isnull', False)), fields=['correlation_id'], name='eventstore_event_correlation'), models.Index(condition=models.Q(('causation_id__isnull', False)), fields=['causation_id'], name='eventstore_event_causation'), models.Index(condition=models.Q(('data_subject__isnull', False)), fields=['data_subject'], name='eventstore_event_subject')],
+                'indexes': [models.Index(fields=['event_type'], name='eventstore_event_type'), models.Index(condition=models.Q(('correlation_id__isnull', False)), fields=['correlation_id'], name='eventstore_event_correlation'), models.Index(condition=models.Q(('causation_id__isnull', False)), fields=['causation_id'], name='eventstore_event_causation')],
                 'constraints': [models.UniqueConstraint(fields=('stream', 'version'), name='eventstore_event_stream_version')],
+            },
+        ),
+        migrations.CreateModel(
+            name='SubjectStream',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('subject', models.CharField(max_length=240)),
+                ('stream', models.ForeignKey(db_column='stream_id', db_index=False, on_delete=django.db.models.deletion.PROTECT, to='eventsourcing_app.stream')),
+            ],
+            options={
+                'db_table': 'privacy_subject_stream',
+                'constraints': [models.UniqueConstraint(fields=('subject', 'stream'), name='privacy_subject_stream_unique')],
             },
         ),
     ]

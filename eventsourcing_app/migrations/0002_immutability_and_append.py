@@ -157,6 +157,10 @@ BEGIN
     UPDATE eventstore_stream SET version = v_version + v_count, last_hash = v_hash, updated_at = p_now
      WHERE stream_id = p_stream_id;
 
+    INSERT INTO privacy_subject_stream (subject, stream_id)
+    SELECT DISTINCT s, p_stream_id FROM unnest(p_subjects) AS s WHERE s IS NOT NULL
+    ON CONFLICT (subject, stream_id) DO NOTHING;
+
     RETURN QUERY SELECT 'appended'::text, v_version + v_count, v_published, v_positions, v_hashes;
 END $$;
 """

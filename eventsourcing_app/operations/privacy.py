@@ -23,7 +23,7 @@ from ..eventstore import (
     get_event_sourcing_service,
 )
 from ..eventstore.serialization import json_data
-from ..models import Event, Snapshot, Stream
+from ..models import Event, Snapshot, Stream, SubjectStream
 from ..privacy.keys import get_subject_keys
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def child_subject(child_id: str) -> str:
 def streams_of_child(child_id: str) -> list[str]:
     """The child's own stream and every stream holding data encrypted for the child."""
     subject = child_subject(child_id)
-    streams = set(Event.objects.filter(data_subject=subject).values_list("stream_id", flat=True).distinct())
+    streams = set(SubjectStream.objects.filter(subject=subject).values_list("stream_id", flat=True))
     streams.add(f"child.{child_id}")
     return sorted(s for s in streams if Stream.objects.filter(pk=s).exists())
 
@@ -87,7 +87,8 @@ def forget_child(child_id: str, *, actor: str | None = None) -> ErasureReport:
     if cache is not None:
         cache.delete(streams)  # the save above cached the erased state; keep nothing at all
     report = ErasureReport(child_id, key_destroyed, streams,
-                           Event.objects.filter(data_subject=subject).count(), snapshots_dropped, erasure_version)
+                           Event.objects.filter(stream_id__in=streams, data_subject=subject).count(), snapshots_dropped,
+                           erasure_version)
     logger.info("erasure: %s", report)
     return report
 
