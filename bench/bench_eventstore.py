@@ -375,7 +375,6 @@ def render(args, plan: Plan, results: dict, broker: dict, pg_version: str, start
         better="lower")
     row("1. ... broker CPU per append (ours only)", "single", lambda r: r["broker_cpu_s"] / r["count"] * 1e6, False,
         unit="µs", better="lower")
-    total = plan.streams * plan.per_stream
     row(f"2. batched ({plan.streams} streams x {plan.per_stream:,} events, {plan.batch}/append): events/s",
         "batched", rate, unit="/s")
     row("2. ... events/s counting the wait for Kafka (ours: until flush() returned)", "batched", with_flush, rate,

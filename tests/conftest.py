@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import pytest
 
 RUN_ID = uuid.uuid4().hex[:8]
 LOG_DIR = Path(__file__).resolve().parent.parent / "var" / "test-logs"

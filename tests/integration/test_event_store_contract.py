@@ -6,8 +6,7 @@ and the portable ORM recorder (the one SQLite uses in the one-command run).
 from __future__ import annotations
 
 import asyncio
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import pytest
 from django.db import connection

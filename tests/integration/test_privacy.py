@@ -20,7 +20,6 @@ from eventsourcing_app.eventstore import (
     EventSourcingRepositoryImpl,
     get_aggregate_cache,
     get_event_sourcing_service,
-    get_snapshot_store,
 )
 from eventsourcing_app.models import Snapshot, SubjectKey
 from eventsourcing_app.operations.verify import verify_integrity

@@ -19,7 +19,6 @@ from eventsourcing_app.eventstore import (
 )
 from eventsourcing_app.models import Event, Snapshot
 from tests.integration.helpers import new_child, wait_until
-from tests.kafka_helpers import topic_records
 
 
 @pytest.fixture
