@@ -19,6 +19,8 @@ from django.db import transaction
 
 from ..domain.events import DomainEvent
 from ..observability import current_actor, current_causation_id, current_correlation_id
+from ..privacy.fields import data_subject_of, encrypt_sensitive_fields
+from ..privacy.keys import get_subject_keys
 from .errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -29,8 +31,6 @@ from .errors import (
 from .integrity import content_digest
 from .records import AppendResult, EventMetadata, ExpectedVersion, StoredEvent
 from .recorders import DjangoRecorder, PendingEvent
-from ..privacy.fields import data_subject_of, encrypt_sensitive_fields
-from ..privacy.keys import get_subject_keys
 from .serialization import canonical_json, parse_stream_id, registry
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,9 @@ class EventStore:
             pending = self._prepare(stream_id, events, context, keys)
             outcome = self.recorder.append(stream_id, stream_type, int(expected_version), _now(), pending, None)
         if keys.new is not None and outcome.outcome == "appended":
-            get_subject_keys().remember(keys.new.subject, keys.new.key)
+            # Only once the key row is committed: a rolled-back key must never encrypt anything.
+            new = keys.new
+            transaction.on_commit(lambda: get_subject_keys().remember(new.subject, new.key), using=self.recorder.alias)
         if outcome.outcome == "conflict":
             raise ConcurrencyError(stream_id, ExpectedVersion.describe(int(expected_version)), outcome.stream_version)
         first = outcome.stream_version - len(pending) + 1

@@ -84,7 +84,9 @@ class SubjectKeys:
             raise SubjectErasedError(f"the personal data of {subject} was erased; no new personal data can be stored "
                                      "for it")
         key = self._unwrap(subject, KeyMaterial(bytes(row[0]), row[1]))
-        self._for_writing[subject] = (key, now + _WRITE_CACHE_SECONDS)
+        # Kept for later appends only once committed: a key row rolled back with the caller's
+        # transaction must never encrypt anything.
+        transaction.on_commit(lambda: self.remember(subject, key))
         return key
 
     # --- reading ---------------------------------------------------------------------

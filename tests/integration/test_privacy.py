@@ -214,3 +214,17 @@ def test_a_key_made_first_by_another_process_is_the_one_used(store, recorder):
     assert decrypt_fields(data, existing, subject, stored.event_id)["name"] == NAME
     assert deserialize_event(stored).name == NAME
     assert SubjectKey.objects.filter(pk=subject).count() == 1
+
+
+def test_a_data_key_rolled_back_with_its_transaction_is_never_used(store):
+    from django.db import transaction
+
+    from eventsourcing_app.eventstore import deserialize_event
+
+    child = new_child(name=NAME)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        store.append_events_sync(child.stream_id, child.get_domain_events(), expected_version=0)
+        raise RuntimeError("the surrounding work failed")
+    assert not SubjectKey.objects.filter(pk=f"child:{child.id}").exists()
+    store.append_events_sync(child.stream_id, child.get_domain_events(), expected_version=0)
+    assert deserialize_event(store.load_events_sync(child.stream_id)[0]).name == NAME
