@@ -76,13 +76,14 @@ class EventPublisher:
         self._outstanding = 0  # handed to the producer, not yet recorded or failed
         self._idle = threading.Condition()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="eventstore-publisher", daemon=True)
-        self._thread.start()
         self.errors = 0
         self._first_ack_waiting = 0.0
         self._flushing = 0
         self._unreported_failures = 0
         self._last_failure_report = 0.0
+        # Started last: it reads every attribute above.
+        self._thread = threading.Thread(target=self._serve, name="eventstore-publisher", daemon=True)
+        self._thread.start()
         atexit.register(self.close)
 
     # --- producing ---------------------------------------------------------------
