@@ -28,8 +28,11 @@ def canonical_timestamp(value: datetime) -> str:
     return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+_HEAD = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
 def content_digest(metadata: EventMetadata, payload: bytes) -> bytes:
-    head = json.dumps(
+    head = _HEAD.encode(
         [
             metadata.event_id,
             metadata.stream_id,
@@ -40,9 +43,7 @@ def content_digest(metadata: EventMetadata, payload: bytes) -> bytes:
             metadata.causation_id,
             metadata.actor,
             metadata.data_subject,
-        ],
-        separators=(",", ":"),
-        ensure_ascii=True,
+        ]
     ).encode("ascii")
     return hashlib.sha256(head + b"\n" + payload).digest()
 

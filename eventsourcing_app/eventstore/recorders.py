@@ -37,7 +37,7 @@ LOAD_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PendingEvent:
     """An event ready to be written: everything but its version and chain hash."""
 

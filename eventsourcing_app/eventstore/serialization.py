@@ -94,8 +94,12 @@ def json_data(event: DomainEvent) -> dict:
     return {name: _to_json_value(value, f"{event.event_type}.{name}") for name, value in event.data().items()}
 
 
+# One encoder for every call: json.dumps with options builds a new encoder each time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(data: dict) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _CANONICAL.encode(data).encode("utf-8")
 
 
 def encode_payload(event: DomainEvent) -> bytes:

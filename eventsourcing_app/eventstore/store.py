@@ -128,7 +128,7 @@ class EventStore:
                 raise EventStoreError(f"{cls.event_type}.occurred_at must be a timezone-aware datetime")
             occurred_at = occurred_at.astimezone(timezone.utc)
             subject = data_subject_of(event) if cls.sensitive_fields else None
-            payload = canonical_json(encrypt_sensitive_fields(event, encryption_key=keys))
+            payload = canonical_json(encrypt_sensitive_fields(event, encryption_key=keys, subject=subject))
             size = len(payload) + _HEADER_OVERHEAD
             if size > self.max_event_bytes:
                 raise EventTooLargeError(

@@ -27,6 +27,7 @@ NONCE_BYTES = 12
 _NONCE_POOL_BYTES = NONCE_BYTES * 4096
 _nonces = threading.local()
 _aeads: dict[bytes, AESGCM] = {}
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _nonce() -> bytes:
@@ -62,7 +63,7 @@ def encrypt_fields(data: dict, fields: Iterable[str], key: bytes, subject: str, 
     for field in fields:
         if field in out and out[field] is not None:
             nonce = _nonce()
-            plaintext = json.dumps(out[field], separators=(",", ":"), ensure_ascii=False).encode()
+            plaintext = _COMPACT.encode(out[field]).encode()
             out[field] = {
                 ENVELOPE_MARK: 1,
                 "n": base64.b64encode(nonce).decode(),

@@ -30,18 +30,21 @@ def data_subject_of(event: DomainEvent) -> str:
 
 
 def encrypt_sensitive_fields(event: DomainEvent, sensitive_fields: Iterable[str] | None = None,
-                             encryption_key: SubjectKeys | None = None) -> dict:
+                             encryption_key: SubjectKeys | None = None, *, subject: str | None = None) -> dict:
     """The event's data as stored: JSON values, the sensitive fields replaced by ciphertext
     envelopes under the event's data subject's key (default: the event class's own list)."""
     from ..eventstore.serialization import json_data
 
-    fields = tuple(type(event).sensitive_fields if sensitive_fields is None else sensitive_fields)
-    unknown = set(fields) - set(event.data_field_names())
-    if unknown:
-        raise EventStoreError(f"{event.event_type} has no fields {sorted(unknown)}")
+    if sensitive_fields is None:
+        fields = type(event).sensitive_fields
+    else:
+        fields = tuple(sensitive_fields)
+        unknown = set(fields) - set(event.data_field_names())
+        if unknown:
+            raise EventStoreError(f"{event.event_type} has no fields {sorted(unknown)}")
     data = json_data(event)
     if not fields:
         return data
-    subject = data_subject_of(event)
+    subject = subject or data_subject_of(event)
     key = (encryption_key or get_encryption_key()).key_for_writing(subject)
     return encrypt_fields(data, fields, key, subject, str(event.event_id))
