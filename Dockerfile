@@ -19,14 +19,13 @@ RUN pip install -r requirements.txt
 
 COPY . .
 
-# Static files are collected into the image (STATIC_ROOT = $TEDDY_DATA_DIR/static) for a
-# production WSGI server to serve; runserver --insecure serves them without this.
-RUN python manage.py collectstatic --noinput --verbosity 0 \
+# Static files are collected into the image (STATIC_ROOT = $TEDDY_DATA_DIR/static); WhiteNoise
+# serves them. Settings need a master key to load: a throwaway one, used for nothing else.
+RUN TEDDY_MASTER_KEYS="$(python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())')" \
+    python manage.py collectstatic --noinput --verbosity 0 \
     && useradd --system --uid 10001 --home-dir /app teddy \
     && chown -R teddy /app/var
 USER teddy
 
 EXPOSE 8000
-# Django's development server: gunicorn is not in requirements.txt. For real production
-# traffic add a WSGI server (e.g. gunicorn teddy_project.wsgi) and use it here.
-CMD ["python", "manage.py", "runserver", "0.0.0.0:8000", "--noreload", "--insecure"]
+CMD ["gunicorn", "teddy_project.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
