@@ -101,7 +101,3 @@ class AppendResult:
     last_version: int
     global_positions: tuple[int, ...]
     idempotent: bool = False
-
-    @property
-    def next_expected_version(self) -> int:
-        return self.last_version
