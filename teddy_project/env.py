@@ -123,4 +123,4 @@ def env_frequencies(name: str) -> dict[str, int]:
             out[stream_type.strip()] = int(number)
         return out
 
-    return _read(name, " ", parse, "a comma-separated list of stream_type=number") if os.environ.get(name, "").strip() else {}
+    return _read(name, "", parse, "a comma-separated list of stream_type=number")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import redis
 
 from ..domain.aggregate import EventSourcedAggregate
-from ..privacy.cipher import encrypt_fields
-from ..privacy.keys import SubjectErasedError, get_subject_keys
+from ..privacy.fields import protected_state
+from ..privacy.keys import SubjectErasedError
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +55,8 @@ class AggregateCache:
     def entry_for(self, aggregate: EventSourcedAggregate) -> str | None:
         """The cache entry of the aggregate as it is now (encrypted), or None if it has none."""
         try:
-            state = aggregate.to_snapshot()
-            subject_tuple = aggregate.snapshot_subject()
-            subject = f"{subject_tuple[0]}:{subject_tuple[1]}" if subject_tuple else None
-            if subject and aggregate.snapshot_sensitive_fields:
-                key = get_subject_keys().key_for_writing(subject)
-                state = encrypt_fields(state, aggregate.snapshot_sensitive_fields, key, subject,
-                                       cache_context(aggregate.stream_id, aggregate.version))
+            state, subject = protected_state(aggregate, aggregate.to_snapshot(),
+                                             cache_context(aggregate.stream_id, aggregate.version))
         except SubjectErasedError:
             return None  # nothing of an erased subject is cached
         except Exception as exc:  # noqa: BLE001 - a cache never fails the caller

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Sequence
 
 from django.db import DatabaseError, connections, transaction
@@ -25,6 +25,7 @@ from psycopg.types.datetime import TimestamptzLoader
 
 from .errors import DuplicateEventError
 from .integrity import GENESIS_HASH, next_chain_hash
+from ..privacy.keys import key_materials
 from .records import EventMetadata, ExpectedVersion, KafkaPosition, KeyMaterial, StoredEvent
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class DjangoRecorder:
         if to_version is not None:
             rows = rows.filter(version__lte=to_version)
         rows = list(rows.order_by("version").values_list(*LOAD_COLUMNS))
-        materials = _key_materials({row[9] for row in rows if row[9] is not None}, self.alias)
+        materials = key_materials({row[9] for row in rows if row[9] is not None}, self.alias)
         return [row_to_stored_event(stream_id, row, materials.get(row[9])) for row in rows]
 
     def stream_version(self, stream_id: str) -> int:
@@ -288,15 +289,6 @@ class PostgresRecorder(DjangoRecorder):
             )
 
 
-def _key_materials(subjects: set[str], alias: str) -> dict[str, KeyMaterial]:
-    from ..models import SubjectKey
-
-    if not subjects:
-        return {}
-    rows = SubjectKey.objects.using(alias).filter(pk__in=subjects).values_list("subject", "wrapped_key", "master_key_id")
-    return {s: KeyMaterial(bytes(w) if w is not None else None, m) for s, w, m in rows}
-
-
 def _expectation_holds(expected: int, version: int) -> bool:
     if expected == ExpectedVersion.ANY:
         return True
@@ -323,6 +315,3 @@ def recorder_for(alias: str = "default") -> DjangoRecorder:
     vendor = connections[alias].vendor
     return PostgresRecorder(alias) if vendor == "postgresql" else DjangoRecorder(alias)
 
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)

@@ -72,7 +72,6 @@ class StoredEvent:
     kafka_position: KafkaPosition | None = None
     # The subject's key row as loaded with the event, if it has encrypted fields.
     subject_key: KeyMaterial | None = field(default=None, compare=False, repr=False)
-    _data_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def event_type(self) -> str:
@@ -88,10 +87,8 @@ class StoredEvent:
 
     @property
     def data(self) -> dict[str, Any]:
-        """The payload parsed as JSON (cached)."""
-        if "data" not in self._data_cache:
-            self._data_cache["data"] = json.loads(self.payload)
-        return self._data_cache["data"]
+        """The payload parsed as JSON (as stored: personal fields are still encrypted)."""
+        return json.loads(self.payload)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,9 @@ from django.db import connection, transaction
 from django.utils.dateparse import parse_datetime
 
 from ..domain.aggregate import EventSourcedAggregate
-from ..privacy.cipher import decrypt_fields, encrypt_fields
-from ..privacy.keys import SubjectErasedError, get_subject_keys
+from ..privacy.cipher import decrypt_fields
+from ..privacy.fields import protected_state
+from ..privacy.keys import get_subject_keys
 from .errors import EventStoreError
 from .records import KeyMaterial
 from .serialization import canonical_json, parse_stream_id
@@ -99,18 +100,7 @@ class SnapshotStore:
             raise EventStoreError(f"stream {stream_id} has no version {version} to snapshot")
 
         state = aggregate.to_snapshot()
-        subject_tuple = aggregate.snapshot_subject()
-        subject = f"{subject_tuple[0]}:{subject_tuple[1]}" if subject_tuple else None
-        stored_state = state
-        if subject and aggregate.snapshot_sensitive_fields:
-            try:
-                key = get_subject_keys().key_for_writing(subject)
-                stored_state = encrypt_fields(state, aggregate.snapshot_sensitive_fields, key, subject,
-                                              _context(stream_id, version))
-            except SubjectErasedError:
-                if any(state.get(f) not in (None, [], {}, "") for f in aggregate.snapshot_sensitive_fields):
-                    raise
-                subject = None  # erased: nothing personal is left to encrypt
+        stored_state, subject = protected_state(aggregate, state, _context(stream_id, version), keep_if_erased=True)
         blob = canonical_json(stored_state)
         now = datetime.now(timezone.utc)
         Snapshot.objects.bulk_create([Snapshot(

@@ -24,6 +24,7 @@ from ..eventstore import (
 )
 from ..eventstore.serialization import json_data
 from ..models import Event, Snapshot, Stream, SubjectStream
+from ..privacy.fields import subject_name
 from ..privacy.keys import get_subject_keys
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class ErasureReport:
 
 
 def child_subject(child_id: str) -> str:
-    return f"child:{child_id}"
+    return subject_name("child", child_id)
 
 
 def streams_of_child(child_id: str) -> list[str]:
@@ -53,7 +54,7 @@ def streams_of_child(child_id: str) -> list[str]:
     subject = child_subject(child_id)
     streams = set(SubjectStream.objects.filter(subject=subject).values_list("stream_id", flat=True))
     streams.add(f"child.{child_id}")
-    return sorted(s for s in streams if Stream.objects.filter(pk=s).exists())
+    return sorted(Stream.objects.filter(pk__in=streams).values_list("stream_id", flat=True))
 
 
 def forget_child(child_id: str, *, actor: str | None = None) -> ErasureReport:
@@ -84,8 +85,6 @@ def forget_child(child_id: str, *, actor: str | None = None) -> ErasureReport:
             break
         except ConcurrencyError:
             continue
-    if cache is not None:
-        cache.delete(streams)  # the save above cached the erased state; keep nothing at all
     report = ErasureReport(child_id, key_destroyed, streams,
                            Event.objects.filter(stream_id__in=streams, data_subject=subject).count(), snapshots_dropped,
                            erasure_version)

@@ -94,17 +94,10 @@ class SubjectKeys:
     def key_for_reading(self, subject: str, material: KeyMaterial | None = None) -> bytes | None:
         """The subject's key, or None if it was erased. Without material, reads the row."""
         if material is None:
-            material = self.materials([subject]).get(subject)
+            material = key_materials([subject]).get(subject)
             if material is None:
                 raise EventStoreError(f"no data key is recorded for {subject}: its encrypted data cannot be read")
         return None if material.erased else self._unwrap(subject, material)
-
-    def materials(self, subjects: Iterable[str]) -> dict[str, KeyMaterial]:
-        from ..models import SubjectKey
-
-        rows = SubjectKey.objects.filter(pk__in=set(subjects)).values_list("subject", "wrapped_key", "master_key_id")
-        return {subject: KeyMaterial(bytes(wrapped) if wrapped is not None else None, master_id)
-                for subject, wrapped, master_id in rows}
 
     def _unwrap(self, subject: str, material: KeyMaterial) -> bytes:
         cache_key = (subject, material.wrapped)
@@ -172,6 +165,19 @@ class SubjectKeys:
             self.keyring.unwrap(bytes(sample[1]), master_id, sample[0])
 
 
+def key_materials(subjects: Iterable[str], alias: str = "default") -> dict[str, KeyMaterial]:
+    """The key rows of these subjects, in one query."""
+    from ..models import SubjectKey
+
+    subjects = set(subjects)
+    if not subjects:
+        return {}
+    rows = SubjectKey.objects.using(alias).filter(pk__in=subjects).values_list("subject", "wrapped_key",
+                                                                               "master_key_id")
+    return {subject: KeyMaterial(bytes(wrapped) if wrapped is not None else None, master_id)
+            for subject, wrapped, master_id in rows}
+
+
 _subject_keys: SubjectKeys | None = None
 _subject_keys_lock = threading.Lock()
 
@@ -184,4 +190,5 @@ def get_subject_keys() -> SubjectKeys:
         return _subject_keys
 
 
-__all__ = ["KeyMaterial", "MasterKeyError", "NewKey", "SubjectErasedError", "SubjectKeys", "get_subject_keys"]
+__all__ = ["KeyMaterial", "MasterKeyError", "NewKey", "SubjectErasedError", "SubjectKeys", "get_subject_keys",
+           "key_materials"]
