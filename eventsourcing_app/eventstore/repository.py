@@ -20,7 +20,7 @@ from ..domain.aggregate import EventSourcedAggregate
 from ..privacy.cipher import decrypt_fields
 from ..privacy.keys import get_subject_keys
 from .cache import AggregateCache, cache_context
-from .errors import EventStoreError
+from .errors import EventStoreError, MalformedEventError
 from .records import KeyMaterial
 from .serialization import deserialize_event
 from .snapshots import SnapshotStore
@@ -80,10 +80,9 @@ class EventSourcingRepositoryImpl(Generic[A]):
         for _ in events:
             aggregate.increment_version()
         aggregate.clear_domain_events()
+        # The cache is filled by loads, not saves: a save would have to encrypt the whole state
+        # again, and an entry never wins over a newer version anyway.
         stream_id, after = aggregate.stream_id, result.last_version
-        if self.cache is not None:
-            entry = self.cache.entry_for(aggregate)  # the saved state, whatever happens to the object next
-            transaction.on_commit(lambda: self.cache.store(stream_id, entry), using=self.event_store.recorder.alias)
         if self.snapshot_store.crosses_threshold(stream_id, before, after):
             logger.info("snapshot threshold reached for %s at version %d", stream_id, after)
             transaction.on_commit(lambda: self.schedule_snapshot(stream_id), using=self.event_store.recorder.alias)
@@ -156,19 +155,19 @@ class EventSourcingRepositoryImpl(Generic[A]):
                 "(SELECT master_key_id FROM privacy_subject_key WHERE subject = %s)",
                 [stream_id, entry.subject, entry.subject])
             current, wrapped, master_id = cursor.fetchone()
-        if current is None or current < entry.version:
-            self.cache.delete([stream_id])
+        if current is None or current < entry.version or (entry.subject is not None and wrapped is None):
+            self.cache.delete([stream_id])  # no such stream here, an entry from elsewhere, or erased
             return None, None
+        # An entry that does not open or does not fit (another database, an older shape) is a
+        # miss: the cache never fails a load.
         state = entry.state
-        if entry.subject is not None:
-            if wrapped is None:  # erased: the entry must not be used
-                self.cache.delete([stream_id])
-                return None, None
-            key = get_subject_keys().key_for_reading(entry.subject, KeyMaterial(bytes(wrapped), master_id))
-            state = decrypt_fields(state, key, entry.subject, cache_context(stream_id, entry.version))
         try:
+            if entry.subject is not None:
+                key = get_subject_keys().key_for_reading(entry.subject, KeyMaterial(bytes(wrapped), master_id))
+                state = decrypt_fields(state, key, entry.subject, cache_context(stream_id, entry.version))
             return self.aggregate_class.from_snapshot(aggregate_id, entry.version, state), current
-        except (KeyError, TypeError, ValueError):
+        except (MalformedEventError, KeyError, TypeError, ValueError):
+            logger.warning("unusable cache entry for %s dropped", stream_id)
             self.cache.delete([stream_id])
             return None, None
 

@@ -231,3 +231,20 @@ def test_saving_waits_for_no_snapshot(service, store, monkeypatch):
     repository.save_sync(child)  # version 11: no new threshold
     assert scheduled == [child.stream_id]
     assert Event.objects.filter(stream_id=child.stream_id).count() == 11
+
+
+def test_a_cache_entry_that_does_not_open_is_a_miss_not_an_error(service):
+    """E.g. an entry left in a shared Redis by another database with other keys."""
+    import json as _json
+
+    cache = get_aggregate_cache()
+    child = new_child()
+    service.save_aggregate_sync(child)
+    repository = EventSourcingRepositoryImpl(Child)
+    repository.load_sync(child.id)
+    entry = _json.loads(cache._client.get(cache.key(child.stream_id)))
+    entry["state"]["name"]["c"] = entry["state"]["age"]["c"]  # ciphertext of another field
+    cache._client.set(cache.key(child.stream_id), _json.dumps(entry))
+    loaded = repository.load_sync(child.id)
+    assert loaded.name == "Alice" and repository.last_load.started_from != "cache"
+    assert repository.load_sync(child.id).name == "Alice"
