@@ -52,6 +52,8 @@ class EventSourcingRepositoryImpl(Generic[A]):
         """Defaults come from the configuration; `cache=False` loads without the Redis cache."""
         from .factory import get_aggregate_cache, get_event_store, get_snapshot_store, schedule_snapshot
 
+        if not (isinstance(aggregate_class, type) and issubclass(aggregate_class, EventSourcedAggregate)):
+            raise EventStoreError(f"{aggregate_class!r} is not an EventSourcedAggregate class")
         if not aggregate_class.aggregate_type:
             raise EventStoreError(f"{aggregate_class.__name__} has no aggregate_type")
         self.aggregate_class = aggregate_class

@@ -248,3 +248,10 @@ def test_a_cache_entry_that_does_not_open_is_a_miss_not_an_error(service):
     loaded = repository.load_sync(child.id)
     assert loaded.name == "Alice" and repository.last_load.started_from != "cache"
     assert repository.load_sync(child.id).name == "Alice"
+
+
+def test_saving_or_loading_something_that_is_not_an_aggregate_is_a_clear_error(service):
+    with pytest.raises(EventStoreError, match="is not an EventSourcedAggregate class"):
+        service.save_aggregate_sync("not an aggregate")
+    with pytest.raises(EventStoreError, match="is not an EventSourcedAggregate class"):
+        service.load_aggregate_sync(dict, "child-1")
