@@ -4,6 +4,7 @@ Importing this package defines (and so registers) every event class of the produ
 """
 from .aggregate import EventSourcedAggregate, aggregate_classes
 from .child import (
+    ERASURE_REASONS,
     Child,
     ChildDataErased,
     ChildDeactivated,
@@ -42,7 +43,7 @@ from .errors import (
     UnknownSettingField,
 )
 from .events import DomainError, DomainEvent, event_classes
-from .ids import ChildId, ConversationId, DeviceId, ParentId
+from .ids import ActorId, ChildId, ConversationId, DeviceId, ParentId
 from .parent import (
     CONSENT_METHODS,
     Parent,
@@ -57,12 +58,12 @@ __all__ = [
     # base
     "DomainEvent", "DomainError", "EventSourcedAggregate", "aggregate_classes", "event_classes",
     # ids
-    "ParentId", "ChildId", "DeviceId", "ConversationId",
+    "ParentId", "ChildId", "DeviceId", "ConversationId", "ActorId",
     # aggregates
     "Parent", "Child", "Conversation",
     # child events
     "ChildRegistered", "ChildRegisteredV1", "ChildRegisteredV2", "ChildProfileUpdated", "DevicePaired",
-    "DeviceUnpaired", "SafetySettingsChanged", "ChildDeactivated", "ChildDataErased",
+    "DeviceUnpaired", "SafetySettingsChanged", "ChildDeactivated", "ChildDataErased", "ERASURE_REASONS",
     # parent events
     "ParentRegistered", "ParentalConsentGranted", "ParentalConsentWithdrawn", "ParentSettingsUpdated",
     "ParentDeactivated", "CONSENT_METHODS",

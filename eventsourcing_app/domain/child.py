@@ -1,17 +1,18 @@
 """The child: registration, profile, the paired teddy bear, safety settings, deactivation and
 erasure of personal data, as the `Child` aggregate and the events of its stream (`child.<id>`).
 
-The child's personal data (name, age, interests, language, the device's udid) travels only in
-sensitive event fields, encrypted with the child's own key. Erasure destroys that key: stored
-events then come back with those fields as None, so every `_apply_*` accepts None there, and the
-`ChildDataErased` event clears the same fields, so that replaying an erased stream gives the
-same state as the aggregate that was erased.
+The child's personal data (name, age, interests, language, the device's udid, the free-text
+reasons for unpairing and deactivating) travels only in sensitive event fields, encrypted with
+the child's own key. Erasure destroys that key: stored events then come back with those fields
+as None, so every `_apply_*` accepts None there, and the `ChildDataErased` event clears the same
+fields, so that replaying an erased stream gives the same state as the aggregate that was erased.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .aggregate import EventSourcedAggregate
 from .errors import (
@@ -33,7 +34,7 @@ from .errors import (
     check_text,
 )
 from .events import DomainEvent
-from .ids import ChildId, DeviceId, ParentId, datetime_or_none, id_or_none, isoformat_or_none
+from .ids import ActorId, ChildId, DeviceId, ParentId, datetime_or_none, id_or_none, isoformat_or_none
 
 MIN_AGE, MAX_AGE = 3, 13
 NAME_MAX_LENGTH = 100
@@ -42,11 +43,23 @@ MAX_INTERESTS = 20
 INTEREST_MAX_LENGTH = 50
 PROFILE_FIELDS = ("name", "age", "interests", "language")
 CONTENT_FILTER_LEVELS = ("strict", "moderate", "relaxed")
+# Why a child's data was erased: codes only, as ChildDataErased is written after the child's
+# key is destroyed and so can hold nothing encrypted.
+ERASURE_REASONS = ("parent_request", "child_request", "regulator_order", "retention_expired", "account_closed",
+                   "consent_withdrawn")
 DEFAULT_CONTENT_FILTER_LEVEL = "strict"
 DEFAULT_DAILY_TIME_LIMIT_MINUTES = 60
 MAX_DAILY_TIME_LIMIT_MINUTES = 24 * 60
 
 _CHILD_SUBJECT = ("child", "child_id")
+_ACTOR_ID = re.compile(r"(user|system):[A-Za-z0-9._\-]{1,100}")
+
+# The codes as types of event fields (the tuples above are what the commands check against).
+ContentFilterLevel = Literal["strict", "moderate", "relaxed"]
+ErasureReason = Literal["parent_request", "child_request", "regulator_order", "retention_expired",
+                        "account_closed", "consent_withdrawn"]
+assert get_args(ContentFilterLevel) == CONTENT_FILTER_LEVELS
+assert get_args(ErasureReason) == ERASURE_REASONS
 
 
 # --- Events ------------------------------------------------------------------------
@@ -124,6 +137,7 @@ class DeviceUnpaired(DomainEvent):
     reason: str | None = None
 
     data_subject = _CHILD_SUBJECT
+    sensitive_fields = ("reason",)
 
 
 @dataclass
@@ -131,7 +145,7 @@ class SafetySettingsChanged(DomainEvent):
     """The parent changed the content filter or the daily time limit (both values are given)."""
 
     child_id: ChildId
-    content_filter_level: str
+    content_filter_level: ContentFilterLevel
     daily_time_limit_minutes: int
 
     data_subject = _CHILD_SUBJECT
@@ -143,14 +157,20 @@ class ChildDeactivated(DomainEvent):
     reason: str | None = None
 
     data_subject = _CHILD_SUBJECT
+    sensitive_fields = ("reason",)
 
 
 @dataclass
 class ChildDataErased(DomainEvent):
-    """The child's personal data was erased (its key destroyed); the stream takes no more events."""
+    """The child's personal data was erased (its key destroyed); the stream takes no more events.
+
+    Written after the key is gone, so it has no sensitive fields: who asked is an actor id and
+    why is a code (both None in events from before they were checked).
+    """
 
     child_id: ChildId
-    erased_by: str | None = None
+    erased_by: ActorId | None = None
+    reason: ErasureReason | None = None
 
     data_subject = _CHILD_SUBJECT
 
@@ -176,6 +196,15 @@ def _check_interests(value: object) -> list[str]:
 _PROFILE_CHECKS = {"name": _check_name, "age": _check_age, "interests": _check_interests, "language": check_language}
 
 
+def _check_actor_id(value: object, what: str) -> ActorId:
+    if not isinstance(value, str) or not _ACTOR_ID.fullmatch(value):
+        raise InvalidValue(
+            f"{what} {value!r} is not an actor id; give 'user:<id>' or 'system:<name>' "
+            "(at most 100 letters, digits, '.', '_' or '-' after the colon), not a name or free text"
+        )
+    return ActorId(value)
+
+
 # --- The aggregate -----------------------------------------------------------------
 
 class Child(EventSourcedAggregate):
@@ -186,7 +215,9 @@ class Child(EventSourcedAggregate):
     """
 
     aggregate_type = "child"
-    snapshot_sensitive_fields = ("name", "age", "udid", "interests", "language")
+    # 2: deactivated_reason became sensitive.
+    snapshot_schema_version = 2
+    snapshot_sensitive_fields = ("name", "age", "udid", "interests", "language", "deactivated_reason")
 
     def __init__(self, id: str, parent_id: str | None = None, device_id: str | None = None,
                  name: str | None = None, age: int | None = None, udid: str | None = None) -> None:
@@ -277,14 +308,18 @@ class Child(EventSourcedAggregate):
         reason = check_optional_text(reason, "reason")
         self._raise_event(ChildDeactivated(child_id=self.id, reason=reason))
 
-    def erase_personal_data(self, erased_by: str | None = None) -> None:
+    def erase_personal_data(self, erased_by: str | None = None, reason: str | None = None) -> None:
         """Marks the child's personal data erased (the store destroys the child's key with it).
 
-        Allowed in any state, deactivated or not even registered, but only once.
+        `erased_by` is the actor id of who asked ("user:17", "system:retention"), `reason` one
+        of ERASURE_REASONS. Allowed in any state, deactivated or not even registered, but only once.
         """
         self._require_not_erased()
-        erased_by = check_optional_text(erased_by, "erased_by", max_length=200)
-        self._raise_event(ChildDataErased(child_id=self.id, erased_by=erased_by))
+        if erased_by is not None:
+            erased_by = _check_actor_id(erased_by, "erased_by")
+        if reason is not None:
+            reason = check_choice(reason, "erasure reason", ERASURE_REASONS)
+        self._raise_event(ChildDataErased(child_id=self.id, erased_by=erased_by, reason=reason))
 
     # --- Guards ---
 
@@ -362,7 +397,7 @@ class Child(EventSourcedAggregate):
     def _apply_child_data_erased(self, event: ChildDataErased) -> None:
         # Exactly the state that came from sensitive fields, so a replay of the (now
         # unreadable) stream ends in the same state.
-        self.name = self.age = self.udid = self.interests = self.language = None
+        self.name = self.age = self.udid = self.interests = self.language = self.deactivated_reason = None
         self.erased = True
         self.active = False
 

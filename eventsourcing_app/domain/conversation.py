@@ -2,14 +2,16 @@
 on it and its summary, as the `Conversation` aggregate and the events of its stream
 (`conversation.<id>`).
 
-What was said is the child's personal data: message texts and summaries are sensitive fields,
-encrypted with the child's key, and come back as None once the child's data is erased. The
-conversation keeps its shape then (sequence numbers, speakers, flags), only the words are gone.
+What was said is the child's personal data: message texts, summaries and the free-text reason a
+conversation ended are sensitive fields, encrypted with the child's key, and come back as None
+once the child's data is erased. The conversation keeps its shape then (sequence numbers,
+speakers, flags), only the words are gone.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal, get_args
 
 from .aggregate import EventSourcedAggregate
 from .errors import (
@@ -34,6 +36,15 @@ SEVERITIES = ("low", "medium", "high", "critical")
 
 _CHILD_SUBJECT = ("child", "child_id")
 
+# The codes as types of event fields (the tuples above are what the commands check against).
+Speaker = Literal["child", "bear"]
+SafetyCategory = Literal["personal_info", "inappropriate_content", "self_harm", "bullying", "stranger_contact",
+                         "other"]
+Severity = Literal["low", "medium", "high", "critical"]
+assert get_args(Speaker) == SPEAKERS
+assert get_args(SafetyCategory) == SAFETY_CATEGORIES
+assert get_args(Severity) == SEVERITIES
+
 
 # --- Events ------------------------------------------------------------------------
 
@@ -51,7 +62,7 @@ class MessageRecorded(DomainEvent):
     conversation_id: ConversationId
     child_id: ChildId
     sequence: int  # 1, 2, 3, ... within the conversation
-    speaker: str  # "child" or "bear"
+    speaker: Speaker
     text: str
 
     data_subject = _CHILD_SUBJECT
@@ -64,8 +75,8 @@ class SafetyFlagRaised(DomainEvent):
 
     conversation_id: ConversationId
     child_id: ChildId
-    category: str
-    severity: str
+    category: SafetyCategory
+    severity: Severity
     message_sequence: int | None = None
 
     data_subject = _CHILD_SUBJECT
@@ -78,6 +89,7 @@ class ConversationEnded(DomainEvent):
     reason: str | None = None
 
     data_subject = _CHILD_SUBJECT
+    sensitive_fields = ("reason",)
 
 
 @dataclass
@@ -118,7 +130,9 @@ class Conversation(EventSourcedAggregate):
     aggregate_type = "conversation"
     # Message metadata (sequence, speaker, time) is kept apart from the texts, so that a
     # snapshot whose texts were erased still restores the conversation's shape.
-    snapshot_sensitive_fields = ("message_texts", "summary")
+    snapshot_sensitive_fields = ("message_texts", "summary", "end_reason")
+    # 2: end_reason became sensitive.
+    snapshot_schema_version = 2
 
     def __init__(self, id: str) -> None:
         super().__init__(check_id(id, ConversationId, "conversation id"))
@@ -158,7 +172,7 @@ class Conversation(EventSourcedAggregate):
         """Records what the child or the bear said, as the next message in sequence."""
         self._require_open()
         speaker = check_choice(speaker, "speaker", SPEAKERS)
-        text = check_text(text, "message text", max_length=MESSAGE_MAX_LENGTH, strip=False)
+        text = check_text(text, "message text", max_length=MESSAGE_MAX_LENGTH, strip=False, multiline=True)
         self._raise_event(MessageRecorded(conversation_id=self.id, child_id=self.child_id,
                                           sequence=self.last_sequence + 1, speaker=speaker, text=text))
 
@@ -188,7 +202,7 @@ class Conversation(EventSourcedAggregate):
             raise ConversationNotStarted(f"conversation {self.id} has not started; there is nothing to summarize")
         if not self.ended:
             raise ConversationNotEnded(f"conversation {self.id} is still going on; end it before summarizing it")
-        summary = check_text(summary, "summary", max_length=SUMMARY_MAX_LENGTH)
+        summary = check_text(summary, "summary", max_length=SUMMARY_MAX_LENGTH, multiline=True)
         if summary == self.summary:
             return
         self._raise_event(ConversationSummarized(conversation_id=self.id, child_id=self.child_id, summary=summary))

@@ -87,20 +87,36 @@ class ConversationNotEnded(DomainError):
 # Each returns the value to store (e.g. stripped) or raises the error given.
 
 _LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}")
+# What text must not hold: control characters (category Cc: U+0000-U+001F, U+007F-U+009F) and
+# surrogates (U+D800-U+DFFF; in a str they are always lone, and UTF-8 cannot encode them).
+# Multi-line text may hold tab, line feed and carriage return.
+_NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NOT_MULTILINE_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def check_text(value: object, what: str, *, max_length: int, error: type[DomainError] = InvalidValue,
-               strip: bool = True) -> str:
-    """A non-blank string of at most `max_length` characters (stripped unless strip=False)."""
+               strip: bool = True, multiline: bool = False) -> str:
+    """A non-blank string of at most `max_length` characters (stripped unless strip=False),
+    valid Unicode without control characters (tab and line breaks allowed if multiline=True).
+
+    Checked after stripping: the surrounding whitespace removed is not stored.
+    """
     if not isinstance(value, str):
         raise error(f"{what} must be a string, not {type(value).__name__}")
     if not value.strip():
         raise error(f"{what} must not be empty")
-    if strip:
-        value = value.strip()
-    if len(value) > max_length:
-        raise error(f"{what} is {len(value)} characters long; the limit is {max_length}")
-    return value
+    text = value.strip() if strip else value
+    if len(text) > max_length:
+        raise error(f"{what} is {len(text)} characters long; the limit is {max_length}")
+    if not text.isprintable():  # fast path: printable text has neither; else find the culprit
+        found = (_NOT_MULTILINE_TEXT if multiline else _NOT_TEXT).search(text)
+        if found:
+            # The position in the value as given (before stripping), so the caller can find it.
+            char, position = found.group(), found.start() + (len(value) - len(value.lstrip()) if strip else 0)
+            if "\ud800" <= char <= "\udfff":
+                raise error(f"{what} is not valid Unicode (a lone surrogate U+{ord(char):04X} at position {position})")
+            raise error(f"{what} contains a control character (U+{ord(char):04X}) at position {position}; remove it")
+    return text
 
 
 def check_optional_text(value: object, what: str, *, max_length: int = 500) -> str | None:

@@ -47,6 +47,12 @@ class DomainEvent:
     # Personal data: these fields are stored encrypted with the data subject's own key, so
     # that destroying the key erases them everywhere (crypto-shredding).
     sensitive_fields: ClassVar[tuple[str, ...]] = ()
+    # Fields stored in clear although their type (str, dict) could hold anything: their values
+    # are checked against a closed set or a strict format by the aggregate, never free text
+    # (e.g. setting names and values). Every other field is typed so that it cannot hold
+    # personal data (numbers, times, typed ids, Literal codes) or is sensitive; a unit test
+    # (tests/unit/test_event_field_classification.py) holds every event class to that.
+    coded_fields: ClassVar[tuple[str, ...]] = ()
     # (subject type, name of the field holding the subject's id), e.g. ("child", "child_id").
     data_subject: ClassVar[tuple[str, str] | None] = None
 

@@ -37,6 +37,13 @@ class ConversationId(_TypedId):
     __slots__ = ()
 
 
+class ActorId(_TypedId):
+    """Who did something, as the audit trail names them: "user:<id>" or "system:<name>"
+    (Child.erase_personal_data checks that form), never a person's name or free text."""
+
+    __slots__ = ()
+
+
 # Snapshots are JSON: ids become plain strings and datetimes ISO 8601 strings, and come back.
 
 def id_or_none(id_type: type[_Id], value: str | None) -> _Id | None:

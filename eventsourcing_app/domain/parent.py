@@ -1,8 +1,9 @@
 """The parent: registration, verifiable parental consent per child (COPPA), settings and
 deactivation, as the `Parent` aggregate and the events of its stream (`parent.<id>`).
 
-The parent's contact details are sensitive fields, encrypted with the parent's own key; after
-that key is destroyed they come back as None, which every `_apply_*` accepts.
+The parent's contact details and the free-text reasons for withdrawing consent and deactivating
+are sensitive fields, encrypted with the parent's own key; after that key is destroyed they come
+back as None, which every `_apply_*` accepts.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .aggregate import EventSourcedAggregate
 from .errors import (
@@ -37,6 +38,9 @@ NAME_MAX_LENGTH = 100
 EMAIL_MAX_LENGTH = 254
 # The methods the FTC accepts as verifiable parental consent under COPPA (16 CFR 312.5(b)).
 CONSENT_METHODS = ("email_plus", "credit_card", "signed_form", "video_call", "government_id")
+# The same codes as the type of the event field (the tuple is what grant_consent checks against).
+ConsentMethod = Literal["email_plus", "credit_card", "signed_form", "video_call", "government_id"]
+assert get_args(ConsentMethod) == CONSENT_METHODS
 DEFAULT_SETTINGS = {"notifications_enabled": True, "weekly_report": True, "language": "en", "timezone": "UTC"}
 
 _PARENT_SUBJECT = ("parent", "parent_id")
@@ -64,7 +68,7 @@ class ParentalConsentGranted(DomainEvent):
 
     parent_id: ParentId
     child_id: ChildId
-    method: str
+    method: ConsentMethod
     granted_at: datetime
 
     data_subject = _PARENT_SUBJECT
@@ -78,6 +82,7 @@ class ParentalConsentWithdrawn(DomainEvent):
     reason: str | None = None
 
     data_subject = _PARENT_SUBJECT
+    sensitive_fields = ("reason",)
 
 
 @dataclass
@@ -88,6 +93,8 @@ class ParentSettingsUpdated(DomainEvent):
     settings: dict
 
     data_subject = _PARENT_SUBJECT
+    # Keys are the known settings, values booleans, language tags and IANA zones (_SETTING_CHECKS).
+    coded_fields = ("settings",)
 
 
 @dataclass
@@ -96,6 +103,7 @@ class ParentDeactivated(DomainEvent):
     reason: str | None = None
 
     data_subject = _PARENT_SUBJECT
+    sensitive_fields = ("reason",)
 
 
 # --- Value checks ------------------------------------------------------------------
@@ -156,7 +164,11 @@ class Parent(EventSourcedAggregate):
     """A parent account: who they are, which children they consented for, their settings."""
 
     aggregate_type = "parent"
-    snapshot_sensitive_fields = ("email", "name", "phone")
+    # 2: withdrawal reasons moved out of "consents" into "withdrawal_reasons"; deactivated_reason
+    # became sensitive.
+    snapshot_schema_version = 2
+    # "consents" (methods, times, child ids) is not personal; the reasons given are.
+    snapshot_sensitive_fields = ("email", "name", "phone", "withdrawal_reasons", "deactivated_reason")
 
     def __init__(self, id: str) -> None:
         super().__init__(check_id(id, ParentId, "parent id"))
@@ -295,10 +307,13 @@ class Parent(EventSourcedAggregate):
                     "method": consent.method,
                     "granted_at": consent.granted_at.isoformat(),
                     "withdrawn_at": isoformat_or_none(consent.withdrawn_at),
-                    "withdrawal_reason": consent.withdrawal_reason,
                 }
                 for consent in self.consents.values()
             ],
+            "withdrawal_reasons": {
+                str(consent.child_id): consent.withdrawal_reason
+                for consent in self.consents.values() if consent.withdrawal_reason is not None
+            },
             "settings": dict(self.settings),
             "active": self.active,
             "deactivated_reason": self.deactivated_reason,
@@ -311,11 +326,12 @@ class Parent(EventSourcedAggregate):
         parent.name = state["name"]
         parent.phone = state["phone"]
         parent.registered_at = datetime_or_none(state["registered_at"])
+        reasons = state["withdrawal_reasons"] or {}  # None: erased
         for item in state["consents"]:
             child_id = id_or_none(ChildId, item["child_id"])
             parent.consents[child_id] = Consent(
                 child_id=child_id, method=item["method"], granted_at=datetime.fromisoformat(item["granted_at"]),
-                withdrawn_at=datetime_or_none(item["withdrawn_at"]), withdrawal_reason=item["withdrawal_reason"],
+                withdrawn_at=datetime_or_none(item["withdrawn_at"]), withdrawal_reason=reasons.get(child_id),
             )
         parent.settings = dict(state["settings"])
         parent.active = state["active"]

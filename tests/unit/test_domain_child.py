@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 import pytest
 
 from eventsourcing_app.domain import (
+    ERASURE_REASONS,
+    ActorId,
     AggregateDeactivated,
     AlreadyRegistered,
     Child,
@@ -36,6 +38,8 @@ from eventsourcing_app.domain import (
     SafetySettingsChanged,
     UnknownProfileField,
 )
+from eventsourcing_app.eventstore import EventMetadata, StoredEvent, deserialize_event
+from eventsourcing_app.eventstore.serialization import encode_payload
 from tests.unit.domain_helpers import assert_refused, replayed
 
 CHILD_EVENTS = (ChildRegisteredV1, ChildRegisteredV2, ChildProfileUpdated, DevicePaired, DeviceUnpaired,
@@ -142,6 +146,35 @@ def test_personal_data_is_in_sensitive_fields():
     assert {"name", "age", "udid"} <= set(ChildRegistered.sensitive_fields)
     assert ChildProfileUpdated.sensitive_fields == ("changes",)
     assert DevicePaired.sensitive_fields == ("udid",)
+    assert DeviceUnpaired.sensitive_fields == ChildDeactivated.sensitive_fields == ("reason",)
+
+
+def test_the_erasure_event_has_nothing_to_encrypt():
+    # It is written after the child's key is destroyed.
+    assert ChildDataErased.sensitive_fields == ()
+
+
+def stored_event(event_type: str, payload: bytes):
+    return StoredEvent(metadata=EventMetadata(event_id="e-1", stream_id="child.child-123", event_type=event_type,
+                                              version=1, timestamp=datetime.now(timezone.utc)), payload=payload)
+
+
+def test_stored_erasures_from_before_actor_ids_and_reasons_still_read():
+    event = deserialize_event(stored_event("ChildDataErased",
+                                           b'{"child_id":"child-123","erased_by":"privacy-officer-1"}'))
+
+    assert isinstance(event, ChildDataErased)
+    assert (event.erased_by, event.reason) == ("privacy-officer-1", None)
+
+
+def test_code_fields_are_stored_and_read_as_plain_strings():
+    erased = ChildDataErased(child_id=ChildId("child-123"), erased_by=ActorId("user:17"), reason="parent_request")
+    payload = encode_payload(erased)
+    event = deserialize_event(stored_event("ChildDataErased", payload))
+
+    assert payload == b'{"child_id":"child-123","erased_by":"user:17","reason":"parent_request"}'
+    assert (event.erased_by, event.reason) == ("user:17", "parent_request")
+    assert isinstance(event.erased_by, ActorId) and type(event.reason) is str
 
 
 # --- Registration ------------------------------------------------------------------
@@ -438,14 +471,59 @@ def test_deactivate_needs_a_registered_child():
 def test_erasure_clears_the_personal_data_and_keeps_the_rest():
     child = registered_child()
     child.update_profile({"interests": ["space"], "language": "fr"})
+    child.deactivate("moved away")
 
-    child.erase_personal_data(erased_by="privacy-officer-1")
+    child.erase_personal_data(erased_by="user:17", reason="parent_request")
 
     event = child.get_domain_events()[-1]
-    assert isinstance(event, ChildDataErased) and event.erased_by == "privacy-officer-1"
-    assert (child.name, child.age, child.udid, child.interests, child.language) == (None, None, None, None, None)
+    assert isinstance(event, ChildDataErased)
+    assert (event.erased_by, event.reason) == ("user:17", "parent_request")
+    assert isinstance(event.erased_by, ActorId)
+    assert (child.name, child.age, child.udid, child.interests, child.language, child.deactivated_reason) == (
+        None, None, None, None, None, None)
     assert child.erased and not child.active
     assert (child.parent_id, child.device_id) == ("parent-456", "device-789")
+
+
+def test_erasure_needs_neither_actor_nor_reason():
+    child = registered_child()
+
+    child.erase_personal_data()
+
+    event = child.get_domain_events()[-1]
+    assert (event.erased_by, event.reason) == (None, None)
+
+
+@pytest.mark.parametrize("erased_by", ["user:17", "system:forget_child", "system:retention-job.v2",
+                                       "user:" + "x" * 100])
+def test_erasure_accepts_actor_ids(erased_by):
+    child = registered_child()
+    child.erase_personal_data(erased_by=erased_by)
+    assert child.get_domain_events()[-1].erased_by == erased_by
+
+
+@pytest.mark.parametrize("erased_by", [
+    "privacy-officer-1", "Ann Smith", "user:", "user:ann smith", "user:ann@example.com", "admin:1", "USER:17",
+    " user:17", "user:17\n", "user:" + "x" * 101, "", 17,
+])
+def test_erasure_refuses_what_is_not_an_actor_id(erased_by):
+    child = registered_child()
+    assert_refused(child, lambda: child.erase_personal_data(erased_by=erased_by), InvalidValue,
+                   match=r"erased_by .* is not an actor id; give 'user:<id>' or 'system:<name>'")
+
+
+@pytest.mark.parametrize("reason", ERASURE_REASONS)
+def test_erasure_accepts_every_reason_code(reason):
+    child = registered_child()
+    child.erase_personal_data(erased_by="system:forget_child", reason=reason)
+    assert child.get_domain_events()[-1].reason == reason
+
+
+@pytest.mark.parametrize("reason", ["the parent asked", "PARENT_REQUEST", "", 3])
+def test_erasure_refuses_a_reason_that_is_not_a_code(reason):
+    child = registered_child()
+    assert_refused(child, lambda: child.erase_personal_data(erased_by="user:17", reason=reason), InvalidValue,
+                   match="erasure reason .* is not one of account_closed, child_request, consent_withdrawn")
 
 
 def test_a_deactivated_child_can_still_be_erased():
@@ -491,11 +569,21 @@ def test_replaying_the_events_gives_the_same_state():
 
 def test_replaying_an_erased_stream_whose_sensitive_fields_were_redacted_gives_the_erased_state():
     child = full_history_child()
-    child.erase_personal_data()
+    child.erase_personal_data(erased_by="user:17", reason="parent_request")
 
     copy = replayed(child, [redacted(event) for event in child.get_domain_events()])
 
     assert copy.to_snapshot() == child.to_snapshot()
+    assert copy.deactivated_reason is None and copy.erased
+
+
+def test_the_reasons_are_redacted_with_the_rest():
+    child = full_history_child()
+
+    copy = replayed(child, [redacted(event) for event in child.get_domain_events()])
+
+    assert child.deactivated_reason == "moved" and copy.deactivated_reason is None
+    assert not copy.active
 
 
 def test_applying_redacted_events_does_not_fail():
@@ -530,8 +618,22 @@ def test_snapshot_names_the_child_and_its_personal_fields():
     child = registered_child()
 
     assert child.snapshot_subject() == ("child", "child-123")
-    assert set(Child.snapshot_sensitive_fields) == {"name", "age", "udid", "interests", "language"}
+    assert set(Child.snapshot_sensitive_fields) == {"name", "age", "udid", "interests", "language",
+                                                    "deactivated_reason"}
     assert set(Child.snapshot_sensitive_fields) <= set(child.to_snapshot())
+    assert Child.snapshot_schema_version == 2  # older snapshots held deactivated_reason in clear
+
+
+def test_snapshot_of_an_erased_child_round_trips_with_nothing_personal_left():
+    child = full_history_child()
+    child.erase_personal_data(erased_by="user:17")
+    state = json.loads(json.dumps(child.to_snapshot()))
+
+    restored = Child.from_snapshot("child-123", 7, state)
+
+    assert restored.to_snapshot() == child.to_snapshot()
+    assert all(state[key] is None for key in Child.snapshot_sensitive_fields)
+    assert_refused(restored, restored.deactivate, PersonalDataErased)
 
 
 def test_snapshot_with_redacted_personal_fields_restores():
@@ -541,6 +643,7 @@ def test_snapshot_with_redacted_personal_fields_restores():
     restored = Child.from_snapshot("child-123", 1, state)
 
     assert restored.name is None and restored.interests is None and restored.active
+    assert restored.deactivated_reason is None
 
 
 def test_a_restored_child_keeps_enforcing_its_rules():
@@ -548,6 +651,51 @@ def test_a_restored_child_keeps_enforcing_its_rules():
 
     restored.update_profile({"age": 8})
     assert_refused(restored, lambda: restored.pair_device("bear-2", "u"), DevicePairingError)
+
+
+# --- Text: valid Unicode, no control characters ----------------------------------
+
+@pytest.mark.parametrize("name, message", [
+    ("Al\x00ice", r"name contains a control character \(U\+0000\) at position 2; remove it"),
+    ("  Al\x07", r"name contains a control character \(U\+0007\) at position 4; remove it"),
+    ("Alice\nBob", r"name contains a control character \(U\+000A\) at position 5; remove it"),
+    ("Alice\tBob", r"\(U\+0009\) at position 5"),
+    ("Al\x1b[31mice", r"\(U\+001B\) at position 2"),
+    ("Al\x7fice", r"\(U\+007F\) at position 2"),
+    ("Al\x85ice", r"\(U\+0085\) at position 2"),
+    ("Al\ud800ice", r"name is not valid Unicode \(a lone surrogate U\+D800 at position 2\)"),
+    ("Al\udfffice", r"name is not valid Unicode \(a lone surrogate U\+DFFF at position 2\)"),
+])
+def test_register_refuses_control_characters_and_surrogates_in_the_name(name, message):
+    child = new_child(name=name)
+    assert_refused(child, child.register_child, InvalidName, match=message)
+
+
+@pytest.mark.parametrize("name", ["Zoë", "علي", "\u200fعلي", "Anne\u00a0Marie", "👩\u200d👧", "李小龙"])
+def test_register_accepts_names_in_any_script(name):
+    # Format characters (RLM, ZWJ) and no-break spaces are not printable, but are text.
+    assert registered_child(name=name).name == name
+
+
+def test_surrounding_line_breaks_are_stripped_like_spaces():
+    assert registered_child(name="Alice\n").name == "Alice"
+
+
+@pytest.mark.parametrize("command, message", [
+    (lambda child: child.update_profile({"interests": ["space", "dino\x00saurs"]}), r"interests\[1\] contains"),
+    (lambda child: child.update_profile({"name": "A\ud83d"}), "name is not valid Unicode"),
+    (lambda child: child.unpair_device("lost\nin the park"), "reason contains a control character"),
+    (lambda child: child.deactivate("moved\x00"), r"reason contains a control character \(U\+0000\) at position 5"),
+], ids=["interests", "profile name", "unpair reason", "deactivate reason"])
+def test_commands_refuse_control_characters_and_surrogates(command, message):
+    child = registered_child()
+    assert_refused(child, lambda: command(child), InvalidValue, match=message)
+
+
+def test_pair_device_refuses_a_control_character_in_the_udid():
+    child = registered_child(device_id=None, udid=None)
+    assert_refused(child, lambda: child.pair_device("bear-1", "udid\x001"), InvalidValue,
+                   match=r"udid contains a control character \(U\+0000\) at position 4")
 
 
 # --- Ids and errors ----------------------------------------------------------------
@@ -558,6 +706,7 @@ def test_typed_ids_are_their_strings():
     assert child_id == "child-123" and hash(child_id) == hash("child-123")
     assert json.dumps({"id": child_id}) == '{"id": "child-123"}'
     assert repr(child_id) == "ChildId('child-123')"
+    assert repr(ActorId("user:17")) == "ActorId('user:17')"
 
 
 def test_domain_errors_survive_pickling():

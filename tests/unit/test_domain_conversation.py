@@ -52,6 +52,7 @@ def test_every_conversation_event_names_the_child_as_its_data_subject(event_clas
 def test_what_was_said_is_sensitive():
     assert MessageRecorded.sensitive_fields == ("text",)
     assert ConversationSummarized.sensitive_fields == ("summary",)
+    assert ConversationEnded.sensitive_fields == ("reason",)
 
 
 # --- Start and messages ------------------------------------------------------------
@@ -106,6 +107,28 @@ def test_record_message_rejects_an_unknown_speaker(speaker):
     ("x" * 4001, "4001 characters long; the limit is 4000"),
 ])
 def test_record_message_rejects_empty_or_too_long_text(text, message):
+    conversation = started_conversation()
+    assert_refused(conversation, lambda: conversation.record_message("child", text), InvalidValue, match=message)
+
+
+def test_a_message_may_span_lines_and_hold_tabs():
+    conversation = started_conversation()
+    text = "Knock knock!\r\nWho's there?\n\tA bear 🧸"
+
+    conversation.record_message("bear", text)
+
+    assert conversation.get_domain_events()[-1].text == conversation.messages[-1].text == text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Hello\x00bear", r"message text contains a control character \(U\+0000\) at position 5; remove it"),
+    ("Hello\x0bbear", r"message text contains a control character \(U\+000B\) at position 5"),
+    ("Hello\x1b[2Jbear", r"message text contains a control character \(U\+001B\) at position 5"),
+    ("  \x7f", r"message text contains a control character \(U\+007F\) at position 2"),
+    ("Hello\ud800", r"message text is not valid Unicode \(a lone surrogate U\+D800 at position 5\)"),
+    ("\ud83d\ude00", r"message text is not valid Unicode \(a lone surrogate U\+D83D at position 0\)"),
+])
+def test_record_message_refuses_control_characters_and_surrogates(text, message):
     conversation = started_conversation()
     assert_refused(conversation, lambda: conversation.record_message("child", text), InvalidValue, match=message)
 
@@ -210,10 +233,24 @@ def test_summarize_needs_an_ended_conversation():
                    match="still going on; end it before summarizing it")
 
 
-@pytest.mark.parametrize("summary", ["", "   ", None, "x" * 4001])
-def test_summarize_rejects_an_empty_or_too_long_summary(summary):
+@pytest.mark.parametrize("summary", ["", "   ", None, "x" * 4001, "Hi\x00", "Hi\udfff"])
+def test_summarize_rejects_an_empty_or_too_long_summary_or_one_that_is_not_text(summary):
     conversation = ended_conversation()
     assert_refused(conversation, lambda: conversation.summarize(summary), InvalidValue, match="summary")
+
+
+def test_a_summary_may_span_lines():
+    conversation = ended_conversation()
+
+    conversation.summarize(" Alice asked:\n\t- why the sky is blue\r\n\t- what bears eat\n")
+
+    assert conversation.summary == "Alice asked:\n\t- why the sky is blue\r\n\t- what bears eat"
+
+
+def test_the_end_reason_is_one_line():
+    conversation = started_conversation()
+    assert_refused(conversation, lambda: conversation.end("bye\nsee you"), InvalidValue,
+                   match=r"reason contains a control character \(U\+000A\) at position 3")
 
 
 # --- Replay, redaction and snapshots -----------------------------------------------
@@ -223,7 +260,7 @@ def full_history_conversation() -> Conversation:
     conversation.record_message("child", "Hello bear!")
     conversation.record_message("bear", "Hello! What shall we play?")
     conversation.raise_safety_flag("stranger_contact", "medium", 1)
-    conversation.end()
+    conversation.end("bedtime")
     conversation.summarize("They said hello.")
     return conversation
 
@@ -243,6 +280,9 @@ def test_erased_texts_keep_the_shape_of_the_conversation():
 
     assert [(m.sequence, m.speaker, m.text) for m in copy.messages] == [(1, "child", None), (2, "bear", None)]
     assert copy.summary is None and copy.ended and len(copy.safety_flags) == 1
+    assert copy.end_reason is None and copy.ended_at == conversation.ended_at
+    assert copy.to_snapshot() == {**conversation.to_snapshot(), "message_texts": [None, None], "summary": None,
+                                  "end_reason": None}
 
 
 def test_snapshot_round_trip_through_json_restores_state_and_version():
@@ -265,12 +305,15 @@ def test_snapshot_with_erased_texts_restores_the_messages_without_words():
 
     assert [(m.sequence, m.text) for m in restored.messages] == [(1, None), (2, None)]
     assert restored.summary is None and restored.last_sequence == 2
+    assert restored.end_reason is None and restored.ended
 
 
 def test_snapshot_names_the_child_once_started():
     assert Conversation("conv-456").snapshot_subject() is None
     assert started_conversation().snapshot_subject() == ("child", "child-123")
+    assert set(Conversation.snapshot_sensitive_fields) == {"message_texts", "summary", "end_reason"}
     assert set(Conversation.snapshot_sensitive_fields) <= set(started_conversation().to_snapshot())
+    assert Conversation.snapshot_schema_version == 2  # older snapshots held end_reason in clear
 
 
 def test_a_restored_conversation_continues_the_sequence():

@@ -49,6 +49,14 @@ def test_contact_details_are_sensitive():
     assert set(ParentRegistered.sensitive_fields) == {"email", "name", "phone"}
 
 
+def test_the_reasons_a_parent_gives_are_sensitive():
+    assert ParentalConsentWithdrawn.sensitive_fields == ParentDeactivated.sensitive_fields == ("reason",)
+
+
+def test_settings_are_coded_not_free_text():
+    assert ParentSettingsUpdated.coded_fields == ("settings",)
+
+
 # --- Registration ------------------------------------------------------------------
 
 def test_register_records_the_contact_details():
@@ -86,6 +94,16 @@ def test_register_rejects_an_empty_or_too_long_name(name):
 def test_register_rejects_what_is_not_a_phone_number(phone):
     parent = Parent("p-1")
     assert_refused(parent, lambda: parent.register("ann@example.com", "Ann", phone), InvalidValue, match="phone")
+
+
+@pytest.mark.parametrize("email, name, message", [
+    ("ann@example.com", "Ann\x00", r"name contains a control character \(U\+0000\) at position 3; remove it"),
+    ("ann@example.com", "An\ud800n", r"name is not valid Unicode \(a lone surrogate U\+D800 at position 2\)"),
+    ("ann\x00@example.com", "Ann", r"email contains a control character \(U\+0000\) at position 3"),
+])
+def test_register_refuses_control_characters_and_surrogates(email, name, message):
+    parent = Parent("p-1")
+    assert_refused(parent, lambda: parent.register(email, name), InvalidValue, match=message)
 
 
 def test_register_twice_is_refused():
@@ -157,6 +175,16 @@ def test_withdraw_consent_ends_it_and_it_can_be_granted_again():
 
     parent.grant_consent("child-123", "video_call")
     assert parent.has_consent("child-123")
+
+
+@pytest.mark.parametrize("reason, message", [
+    ("changed\nmy mind", r"reason contains a control character \(U\+000A\) at position 7"),
+    ("\udc00", r"reason is not valid Unicode \(a lone surrogate U\+DC00 at position 0\)"),
+])
+def test_withdraw_consent_refuses_a_reason_with_control_characters_or_surrogates(reason, message):
+    parent = registered_parent()
+    parent.grant_consent("child-123", "signed_form", GRANTED_AT)
+    assert_refused(parent, lambda: parent.withdraw_consent("child-123", reason), InvalidValue, match=message)
 
 
 def test_withdraw_needs_a_consent_in_force():
@@ -288,8 +316,11 @@ def test_applying_redacted_events_does_not_fail():
 
     copy = replayed(parent, events)
 
-    assert (copy.email, copy.name, copy.phone) == (None, None, None)
-    assert copy.consents == parent.consents
+    assert (copy.email, copy.name, copy.phone, copy.deactivated_reason) == (None, None, None, None)
+    # The consents stay; only the reason given for withdrawing one is gone.
+    assert copy.consents == {child_id: dataclasses.replace(consent, withdrawal_reason=None)
+                             for child_id, consent in parent.consents.items()}
+    assert parent.consents["child-1"].withdrawal_reason == "moved"
 
 
 def test_snapshot_round_trip_through_json_restores_state_and_version():
@@ -307,8 +338,50 @@ def test_snapshot_names_the_parent_and_its_personal_fields():
     parent = registered_parent()
 
     assert parent.snapshot_subject() == ("parent", "parent-456")
-    assert set(Parent.snapshot_sensitive_fields) == {"email", "name", "phone"}
+    assert set(Parent.snapshot_sensitive_fields) == {"email", "name", "phone", "withdrawal_reasons",
+                                                     "deactivated_reason"}
     assert set(Parent.snapshot_sensitive_fields) <= set(parent.to_snapshot())
+    assert Parent.snapshot_schema_version == 2  # older snapshots held the reasons in clear
+
+
+def test_snapshot_keeps_the_withdrawal_reasons_out_of_the_consents():
+    state = full_history_parent().to_snapshot()
+
+    assert state["withdrawal_reasons"] == {"child-1": "moved"}
+    assert [sorted(item) for item in state["consents"]] == [["child_id", "granted_at", "method", "withdrawn_at"]] * 2
+    assert "moved" not in json.dumps(state["consents"])
+
+
+def test_snapshot_with_erased_reasons_restores_the_consents_without_them():
+    parent = full_history_parent()
+    state = {**json.loads(json.dumps(parent.to_snapshot())), "withdrawal_reasons": None}
+
+    restored = Parent.from_snapshot("parent-456", 6, state)
+
+    assert restored.consents == {child_id: dataclasses.replace(consent, withdrawal_reason=None)
+                                 for child_id, consent in parent.consents.items()}
+    assert not restored.consents["child-1"].active and restored.consents["child-2"].active
+
+
+def test_snapshot_with_redacted_personal_fields_restores():
+    parent = full_history_parent()
+    state = {**parent.to_snapshot(), **{key: None for key in Parent.snapshot_sensitive_fields}}
+
+    restored = Parent.from_snapshot("parent-456", 6, state)
+
+    assert (restored.email, restored.name, restored.deactivated_reason) == (None, None, None)
+    assert restored.consents["child-1"].withdrawn_at == parent.consents["child-1"].withdrawn_at
+    assert not restored.active
+
+
+def test_replayed_redacted_events_leave_no_withdrawal_reasons_and_round_trip():
+    parent = full_history_parent()
+    events = [dataclasses.replace(e, **{name: None for name in e.sensitive_fields}) for e in parent.get_domain_events()]
+
+    copy = replayed(parent, events)
+
+    assert copy.to_snapshot()["withdrawal_reasons"] == {}
+    assert Parent.from_snapshot("parent-456", 6, copy.to_snapshot()).to_snapshot() == copy.to_snapshot()
 
 
 def test_a_restored_parent_keeps_enforcing_its_rules():
