@@ -220,10 +220,10 @@ class Ours(System):
         recorder, original = self.store.recorder, self.store.recorder.record_publications
         stats = self._recording = {"record_calls": 0, "record_events": 0, "record_s": 0.0, "record_cpu_s": 0.0}
 
-        def record_publications(publications, now):
+        def record_publications(publications):
             t0, c0 = time.perf_counter(), time.thread_time()
             try:
-                return original(publications, now)
+                return original(publications)
             finally:
                 stats["record_calls"] += 1
                 stats["record_events"] += len(publications)

@@ -7,4 +7,6 @@ class EventsourcingAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
+        from . import bootstrap, checks  # noqa: F401 - checks registers the system checks
+
+        bootstrap.install()  # the composition root: store, Kafka, privacy, Celery wired together

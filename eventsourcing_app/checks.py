@@ -11,7 +11,7 @@ def check_master_keys(app_configs=None, databases=None, **kwargs):
     if not databases:
         return []
     from .privacy.keyring import MasterKeyError
-    from .privacy.keys import get_subject_keys
+    from .privacy.fields import get_subject_keys
 
     try:
         get_subject_keys().check_master_keys()

@@ -15,6 +15,7 @@ from django.db import models
 from .eventstore.errors import ImmutableEventError
 
 PUBLICATION_FIELDS = frozenset({"kafka_topic", "kafka_partition", "kafka_offset", "published_at"})
+SNAPSHOT_PUBLICATION_FIELDS = frozenset({"kafka_topic", "kafka_partition", "kafka_offset"})
 
 
 class Stream(models.Model):
@@ -23,6 +24,9 @@ class Stream(models.Model):
     version = models.BigIntegerField(default=0, help_text="Version of the last event (0: no events).")
     published_version = models.BigIntegerField(
         default=0, help_text="Every event up to this version is acknowledged by Kafka."
+    )
+    publication_epoch = models.IntegerField(
+        default=0, db_default=0, help_text="Bumped when a refill republishes the stream: older acknowledgements no longer count."
     )
     last_hash = models.BinaryField(max_length=32, help_text="Chain hash of the last event.")
     created_at = models.DateTimeField()
@@ -70,7 +74,8 @@ class Event(models.Model):
     version = models.BigIntegerField()
     event_type = models.CharField(max_length=200)
     schema_version = models.PositiveSmallIntegerField()
-    occurred_at = models.DateTimeField()
+    occurred_at = models.DateTimeField(help_text="The domain's time, given by whoever appended the event.")
+    recorded_at = models.DateTimeField(help_text="The store's time: when the database recorded the event.")
     correlation_id = models.CharField(max_length=100, null=True, blank=True)
     causation_id = models.CharField(max_length=100, null=True, blank=True)
     actor = models.CharField(max_length=200, null=True, blank=True)
@@ -110,8 +115,25 @@ class Event(models.Model):
         raise ImmutableEventError("stored events are immutable and cannot be deleted")
 
 
+class SnapshotQuerySet(models.QuerySet):
+    """Snapshots are written once and deleted only by pruning and erasure (the recorder's
+    guarded delete); a database trigger enforces the same."""
+
+    def update(self, **kwargs):
+        changed = set(kwargs) - SNAPSHOT_PUBLICATION_FIELDS
+        if changed:
+            raise ImmutableEventError(f"snapshots are immutable: refusing to change {sorted(changed)}")
+        return super().update(**kwargs)
+
+    def delete(self):
+        raise ImmutableEventError("snapshots are deleted only by pruning and erasure (the event store's recorder)")
+
+    delete.queryset_only = True
+
+
 class Snapshot(models.Model):
-    """An aggregate's state at a version; its sensitive fields are encrypted like events'."""
+    """An aggregate's state at a version; its sensitive fields are encrypted like events', and
+    the whole is sealed (a MAC bound to the stream, the version and the chain hash there)."""
 
     stream = models.ForeignKey(Stream, on_delete=models.PROTECT, db_column="stream_id", related_name="snapshots",
                                db_index=False)
@@ -119,11 +141,14 @@ class Snapshot(models.Model):
     aggregate_type = models.CharField(max_length=40)
     schema_version = models.PositiveSmallIntegerField(help_text="The aggregate's snapshot schema version.")
     state = models.BinaryField()
+    seal = models.BinaryField(null=True, help_text="HMAC of the snapshot, bound to the stream's chain hash.")
     data_subject = models.CharField(max_length=240, null=True, blank=True)
     created_at = models.DateTimeField()
     kafka_topic = models.CharField(max_length=249, null=True, blank=True)
     kafka_partition = models.IntegerField(null=True, blank=True)
     kafka_offset = models.BigIntegerField(null=True, blank=True)
+
+    objects = SnapshotQuerySet.as_manager()
 
     class Meta:
         db_table = "eventstore_snapshot"
@@ -133,6 +158,41 @@ class Snapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stream_id} @ v{self.version}"
+
+    def save(self, *args, **kwargs):
+        raise ImmutableEventError("snapshots are written only by the snapshot store, never saved directly")
+
+    def delete(self, *args, **kwargs):
+        raise ImmutableEventError("snapshots are deleted only by pruning and erasure (the event store's recorder)")
+
+
+class SnapshotDeletePermit(models.Model):
+    """A row here, inside the deleting transaction only, lets the database trigger accept a
+    snapshot DELETE: pruning and erasure insert one, delete, and remove it."""
+
+    token = models.UUIDField(primary_key=True)
+
+    class Meta:
+        db_table = "eventstore_snapshot_delete_permit"
+
+
+class PoisonEvent(models.Model):
+    """An event Kafka refused for good (too large, unknown topic, ...): its stream is held at
+    the version before it until the cause is fixed; the relay retries it now and then."""
+
+    position = models.BigIntegerField(primary_key=True, help_text="The event's global position.")
+    stream_id = models.CharField(max_length=200)
+    version = models.BigIntegerField()
+    error = models.TextField()
+    attempts = models.IntegerField(default=1)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    class Meta:
+        db_table = "eventstore_poison_event"
+
+    def __str__(self) -> str:
+        return f"{self.stream_id} v{self.version}: {self.error}"
 
 
 class SubjectStream(models.Model):
@@ -148,6 +208,22 @@ class SubjectStream(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} in {self.stream_id}"
+
+
+class SubjectAlias(models.Model):
+    """Two names of one data subject (after a stream migration to a new id): erasing either
+    erases both. Stored in both directions."""
+
+    subject = models.CharField(max_length=240)
+    alias = models.CharField(max_length=240)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "privacy_subject_alias"
+        constraints = [models.UniqueConstraint(fields=["subject", "alias"], name="privacy_subject_alias_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.subject} = {self.alias}"
 
 
 class SubjectKey(models.Model):

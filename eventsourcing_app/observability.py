@@ -28,14 +28,16 @@ def current_causation_id() -> str | None:
 
 
 def current_actor() -> str | None:
-    return _actor.get()
+    actor = _actor.get()
+    return actor() if callable(actor) else actor
 
 
 @contextmanager
 def event_context(
-    *, correlation_id: str | None = None, causation_id: str | None = None, actor: str | None = None
+    *, correlation_id: str | None = None, causation_id: str | None = None, actor=None
 ) -> Iterator[None]:
-    """Sets the correlation id, causation id and actor for the events appended inside."""
+    """Sets the correlation id, causation id and actor (a string, or a function that returns
+    one when an event is appended) for the events appended inside."""
     tokens = []
     if correlation_id is not None:
         tokens.append((_correlation_id, _correlation_id.set(correlation_id)))
@@ -56,6 +58,12 @@ class CorrelationIdFilter(logging.Filter):
         return True
 
 
+def actor_of_request(request) -> str | None:
+    """"user:<id>" for an authenticated user, else None."""
+    user = getattr(request, "user", None)
+    return f"user:{user.pk}" if user is not None and user.is_authenticated else None
+
+
 class CorrelationIdMiddleware:
     """Takes the caller's X-Correlation-ID (if well-formed) or makes one, and echoes it back."""
 
@@ -65,9 +73,9 @@ class CorrelationIdMiddleware:
     def __call__(self, request):
         incoming = request.headers.get("X-Correlation-ID", "")
         correlation_id = incoming if _SAFE_ID.fullmatch(incoming) else str(uuid.uuid4())
-        user = getattr(request, "user", None)
-        actor = f"user:{user.pk}" if user is not None and user.is_authenticated else None
-        with event_context(correlation_id=correlation_id, actor=actor):
+        # Read when an event is appended, not now: DRF authenticates (tokens) inside the view
+        # and sets the user on this same request then.
+        with event_context(correlation_id=correlation_id, actor=lambda: actor_of_request(request)):
             response = self.get_response(request)
         response["X-Correlation-ID"] = correlation_id
         return response
@@ -90,9 +98,10 @@ def connect_celery_signals() -> None:
     @before_task_publish.connect(weak=False)
     def _add_context_headers(headers=None, **kwargs):
         if headers is not None:
-            for name, var in (("correlation_id", _correlation_id), ("causation_id", _causation_id), ("actor", _actor)):
-                if var.get() is not None:
-                    headers.setdefault(f"teddy_{name}", var.get())
+            for name, value in (("correlation_id", current_correlation_id()), ("causation_id", current_causation_id()),
+                                ("actor", current_actor())):
+                if value is not None:
+                    headers.setdefault(f"teddy_{name}", value)
 
     @task_prerun.connect(weak=False)
     def _enter_context(task_id=None, task=None, **kwargs):
@@ -100,7 +109,7 @@ def connect_celery_signals() -> None:
         values = {name: getattr(request, f"teddy_{name}", None) for name in ("correlation_id", "causation_id", "actor")}
         values["correlation_id"] = values["correlation_id"] or str(task_id)
         if values["actor"] is None and task is not None:
-            values["actor"] = f"task:{task.name}"
+            values["actor"] = f"system:{task.name}"
         context = event_context(**values)
         context.__enter__()
         contexts[task_id] = context

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 
-import redis
 from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
@@ -15,47 +14,27 @@ from .kafka.topics import check_topics
 from .operations.relay import KafkaUnavailableError, relay_outbox as relay
 
 logger = logging.getLogger(__name__)
-_RELAY_LOCK = "eventstore:relay-lock"
 
 
 @shared_task(name="eventsourcing_app.tasks.relay_outbox", ignore_result=True)
 def relay_outbox() -> int:
-    """Publishes the outbox backlog; one relay at a time across all workers."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    lock = client.lock(_RELAY_LOCK, timeout=120, blocking=False)
-    if not lock.acquire():
-        return 0
+    """Publishes the outbox backlog; one relay at a time across all workers (the store's relay
+    lock), each run bounded in time so that beat's next run finds the lock free again."""
     try:
         report = relay(get_event_store(), grace_seconds=settings.EVENTSTORE["RELAY_GRACE_SECONDS"],
-                       batch_size=settings.EVENTSTORE["RELAY_BATCH_SIZE"])
+                       batch_size=settings.EVENTSTORE["RELAY_BATCH_SIZE"], time_budget=30.0)
         return report.published
     except KafkaUnavailableError as exc:
         logger.warning("outbox relay skipped: %s", exc)
         return 0
-    finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            pass
 
 
 @shared_task(name="eventsourcing_app.tasks.create_snapshot", ignore_result=True)
 def create_snapshot(stream_id: str) -> int | None:
     """Snapshots a stream at its current version if it is due; returns the version."""
-    from .domain import aggregate_classes
-    from .eventstore import get_event_sourcing_service
-    from .eventstore.serialization import parse_stream_id
+    from .application.maintenance import snapshot_if_due
 
-    stream_type, aggregate_id = parse_stream_id(stream_id)
-    aggregate_class = aggregate_classes().get(stream_type)
-    if aggregate_class is None:
-        logger.warning("no aggregate class for %s; not snapshotting it", stream_id)
-        return None
-    service = get_event_sourcing_service()
-    current = service.event_store.get_stream_version_sync(stream_id)
-    if not service.snapshot_store.should_create_snapshot_sync(stream_id, current):
-        return None
-    return service.create_snapshot_sync(aggregate_class, aggregate_id).version
+    return snapshot_if_due(stream_id)
 
 
 @worker_ready.connect

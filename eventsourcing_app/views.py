@@ -1,5 +1,14 @@
-"""Health endpoints: /health/ says the process is alive, /health/ready/ checks its dependencies."""
+"""Health endpoints: /health/ says the process is alive, /health/ready/ checks its dependencies.
+
+Readiness checks the database, Redis and the Kafka broker, and whether publishing drains:
+"kafka_publishing" is down while an event has waited in the outbox longer than
+EVENTSTORE_PUBLISH_LAG_ALERT_SECONDS (the backlog and the oldest waiting event's age say how
+bad), whatever this one process's producer believes. Streams held by a poison event are listed
+but do not count as down: they need a person, not a restart.
+"""
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 import redis
 from confluent_kafka.admin import AdminClient
@@ -33,15 +42,38 @@ def _check_kafka() -> None:
         raise RuntimeError(f"topics missing: {', '.join(missing)} (run `manage.py provision_topics`)")
 
 
+def _check_publishing() -> dict:
+    from .eventstore import get_event_store
+    recorder = get_event_store().recorder
+    held = recorder.held_streams()  # every stream a poison event holds
+    oldest = recorder.oldest_unpublished(exclude=held)
+    age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0.0
+    details = {"backlog": recorder.outbox_backlog(), "oldest_waiting_seconds": round(max(age, 0.0), 1),
+               "held_by_poison_events": len(held)}
+    limit = settings.EVENTSTORE["PUBLISH_LAG_ALERT_SECONDS"]
+    if age > limit:
+        raise _Down(f"events have waited {age:.0f}s for Kafka (more than {limit:.0f}s): publishing does not drain; "
+                    "see the worker's log for why", details)
+    return details
+
+
+class _Down(Exception):
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}
+
+
 @require_GET
 def health_ready(request):
     checks = {}
-    for name, check in (("database", _check_database), ("redis", _check_redis), ("kafka", _check_kafka)):
+    for name, check in (("database", _check_database), ("redis", _check_redis), ("kafka", _check_kafka),
+                        ("kafka_publishing", _check_publishing)):
         try:
-            check()
-            checks[name] = {"status": "up"}
+            details = check()
+            checks[name] = {"status": "up", **(details or {})}
         except Exception as exc:  # noqa: BLE001 - any failure means "down", with its reason
-            checks[name] = {"status": "down", "error": str(exc) or type(exc).__name__}
+            checks[name] = {"status": "down", "error": str(exc) or type(exc).__name__,
+                            **getattr(exc, "details", {})}
     down = [name for name, result in checks.items() if result["status"] == "down"]
     body = {"status": "ready" if not down else "unavailable", "down": down, "checks": checks}
     return JsonResponse(body, status=200 if not down else 503)

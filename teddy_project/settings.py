@@ -63,7 +63,9 @@ TEMPLATES = [
 # --- Database: PostgreSQL in production and tests, a SQLite file for the one-command run.
 _default_db_url = f"sqlite:///{DATA_DIR / 'teddy.sqlite3'}"
 try:
-    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL", _default_db_url), conn_max_age=600)}
+    # Reused connections are checked before each request's first query (a lost one is replaced).
+    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL", _default_db_url), conn_max_age=600,
+                                                  conn_health_checks=True)}
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not valid: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -119,6 +121,8 @@ EVENTSTORE = {
     "RELAY_GRACE_SECONDS": env_float("EVENTSTORE_RELAY_GRACE_SECONDS", 2.0),
     "RELAY_INTERVAL_SECONDS": env_float("EVENTSTORE_RELAY_INTERVAL_SECONDS", 1.0, minimum=0.1),
     "RELAY_BATCH_SIZE": env_int("EVENTSTORE_RELAY_BATCH_SIZE", 5000, minimum=1),
+    # Readiness reports Kafka publishing as down once an event has waited this long.
+    "PUBLISH_LAG_ALERT_SECONDS": env_float("EVENTSTORE_PUBLISH_LAG_ALERT_SECONDS", 30.0, minimum=1.0),
     # A snapshot every N events, per stream type ("child=10,conversation=50"); 0 switches it off.
     "SNAPSHOT_FREQUENCY": env_int("EVENTSTORE_SNAPSHOT_FREQUENCY", 10, minimum=0),
     "SNAPSHOT_FREQUENCIES": env_frequencies("EVENTSTORE_SNAPSHOT_FREQUENCIES"),

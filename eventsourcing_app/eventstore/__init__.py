@@ -1,4 +1,4 @@
-"""The event store's public API (see the guide, section 1)."""
+"""The event store's public API: the store, its records and errors, the repository and service."""
 from .errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -9,10 +9,13 @@ from .errors import (
     InvalidStreamIdError,
     KafkaTopicError,
     MalformedEventError,
+    StoreUnavailableError,
+    StreamClosedError,
+    SubjectErasedError,
     UnknownEventTypeError,
     UnknownStreamTypeError,
 )
-from .factory import (
+from .configured import (
     build_event_store,
     get_aggregate_cache,
     get_event_sourcing_service,
@@ -31,6 +34,7 @@ __all__ = [
     "AppendResult", "ConcurrencyError", "DuplicateEventError", "EventMetadata", "EventSerializationError",
     "EventStore", "EventStoreError", "EventTooLargeError", "ExpectedVersion", "ImmutableEventError",
     "InvalidStreamIdError", "KafkaPosition", "KafkaTopicError", "MalformedEventError", "StoredEvent",
+    "StoreUnavailableError", "StreamClosedError", "SubjectErasedError",
     "UnknownEventTypeError", "UnknownStreamTypeError", "build_event_store", "check_event_store_health",
     "deserialize_event", "get_event_store", "registry",
     "AggregateNotFoundError", "EventSourcingRepositoryImpl", "EventSourcingService", "LoadReport", "SnapshotRecord",

@@ -22,6 +22,23 @@ class DuplicateEventError(EventStoreError):
     """An event id is already stored at another place than the one asked for."""
 
 
+class StreamClosedError(EventStoreError):
+    """The stream was migrated to another stream and takes no more events."""
+
+    def __init__(self, stream_id: str, migrated_to: str):
+        self.stream_id = stream_id
+        self.migrated_to = migrated_to
+        super().__init__(f"stream {stream_id} was migrated to {migrated_to} and is closed: append to {migrated_to}")
+
+
+class SubjectErasedError(EventStoreError):
+    """The subject's personal data was erased; nothing new may be stored under its key."""
+
+
+class StoreUnavailableError(EventStoreError):
+    """The database could not be reached, or the connection was lost during a call."""
+
+
 class InvalidStreamIdError(EventStoreError, ValueError):
     pass
 
@@ -48,6 +65,10 @@ class EventTooLargeError(EventStoreError):
 
 class ImmutableEventError(EventStoreError):
     """Something tried to change or delete a stored event."""
+
+
+class IntegrityCheckError(EventStoreError):
+    """An integrity verification could not run (e.g. the stream does not exist)."""
 
 
 class KafkaTopicError(EventStoreError):

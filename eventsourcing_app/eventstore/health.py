@@ -1,7 +1,7 @@
 """Health checks, as in the guide."""
 from __future__ import annotations
 
-from .factory import get_event_store
+from .configured import get_event_store
 
 
 async def check_event_store_health() -> dict:

@@ -5,37 +5,48 @@ Invariants every recorder keeps (the contract tests in tests/integration check t
  2. An append either stores all its events or none of them.
  3. An append whose expectation does not hold stores nothing and reports the actual version.
  4. The same event ids appended again at the place they already hold succeed without
-    storing anything; the same ids anywhere else are refused.
+    storing anything, also when the two appends race (on a new stream too); the same ids
+    anywhere else are refused. Every id of a batch is checked.
  5. Each event's chain hash is sha256(previous chain hash || version || content digest).
  6. The global position increases with the version inside a stream (it may have gaps and
     commit out of order across streams).
  7. The publication marker (`published_version`) only moves forward, and only over events
-    that Kafka acknowledged without a gap before them.
+    that Kafka acknowledged without a gap before them; only a refill resets it.
+ 8. No event with personal data is stored for a subject whose key was destroyed, whatever
+    the writing process holds in memory; a closed (migrated) stream takes no events.
+ 9. An expected refusal (conflict, duplicate, erased, closed) is an outcome, not a failed
+    statement: a caller's transaction stays usable.
+10. Events record `recorded_at`, the database's clock, which orders operational work.
+
+Everything outside the store (relay, refill, verification, erasure, migration) reads and
+writes these tables through a recorder's methods, never with its own queries.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
 
-from django.db import DatabaseError, connections, transaction
 import psycopg
+from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db.models import Count, F, Max, Min
 from psycopg.types.datetime import TimestamptzLoader
 
-from .errors import DuplicateEventError
+from .errors import EventStoreError
 from .integrity import GENESIS_HASH, next_chain_hash
-from ..privacy.keys import key_materials
-from .records import EventMetadata, ExpectedVersion, KafkaPosition, KeyMaterial, StoredEvent
-
-if TYPE_CHECKING:
-    from ..privacy.keys import NewKey
+from .records import EventMetadata, ExpectedVersion, KafkaPosition, KeyMaterial, NewKey, Publication, StoredEvent
 
 LOAD_COLUMNS = (
     "position", "event_id", "version", "event_type", "schema_version", "occurred_at", "correlation_id",
     "causation_id", "actor", "data_subject", "payload", "chain_hash", "kafka_topic", "kafka_partition",
     "kafka_offset",
 )
+_MAX_VERSION = 2**63 - 1
+_RELAY_LOCK_ID = 0x7EDD7E1A  # the relay's advisory lock (any fixed number; the same in every process)
 
 
 @dataclass(slots=True)
@@ -56,23 +67,62 @@ class PendingEvent:
 
 @dataclass(frozen=True, slots=True)
 class AppendOutcome:
-    outcome: str  # "appended", "idempotent", "conflict" or "key_exists" (a new data key lost a race)
+    # "appended", "idempotent", "conflict", "duplicate", "closed", "erased", "key_exists", "key_missing"
+    outcome: str
     stream_version: int
     published_version: int | None  # before the append; None if the stream did not exist
     positions: tuple[int, ...]
     chain_hashes: tuple[bytes, ...] = ()
+    detail: str | None = None  # duplicate: what is stored; closed: the new stream; erased/key_*: the subject
+    epoch: int | None = None  # the stream's publication epoch (None if the stream did not exist)
 
 
 @dataclass(frozen=True, slots=True)
-class Publication:
-    """Kafka acknowledged one event at this position."""
+class SnapshotRow:
+    """A stored snapshot with what a load needs to trust it: the chain hash of the stream at
+    the snapshot's version (the seal is bound to it) and the subject's key row."""
 
-    global_position: int
     stream_id: str
     version: int
-    topic: str
-    partition: int
-    offset: int
+    aggregate_type: str
+    schema_version: int
+    state: bytes
+    seal: bytes | None
+    data_subject: str | None
+    created_at: datetime
+    chain_hash: bytes | None
+    subject_key: KeyMaterial | None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheCheck:
+    """What a cached entry is checked against: the stream now, the chain hash at the entry's
+    version and the subject's key row."""
+
+    stream_version: int | None
+    chain_hash: bytes | None
+    subject_key: KeyMaterial | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    stream_id: str
+    stream_type: str
+    version: int
+    published_version: int
+    publication_epoch: int
+    last_hash: bytes
+    created_at: datetime
+    updated_at: datetime
+    migrated_to: str | None
+    migrated_from: str | None
+
+
+class _Refused(Exception):
+    """Rolls back the portable recorder's savepoint and carries the outcome out."""
+
+    def __init__(self, outcome: AppendOutcome):
+        self.outcome = outcome
 
 
 def row_to_stored_event(stream_id: str, row: Sequence, subject_key: KeyMaterial | None = None) -> StoredEvent:
@@ -99,121 +149,604 @@ def row_to_stored_event(stream_id: str, row: Sequence, subject_key: KeyMaterial 
     )
 
 
+def _aware(value):
+    """SQLite hands timestamps back naive (UTC) from raw queries."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value
+
+
 class DjangoRecorder:
     """Portable recorder on the Django ORM (SQLite for the one-command run; any database).
 
-    Several statements per append in one transaction; the stream row is locked with
+    Several statements per append inside a savepoint; the stream row is locked with
     SELECT ... FOR UPDATE where the database has it (SQLite serialises writers instead).
     """
 
     def __init__(self, alias: str = "default") -> None:
         self.alias = alias
 
-    def append(self, stream_id: str, stream_type: str, expected: int, now: datetime,
-               events: Sequence[PendingEvent], new_key: NewKey | None = None) -> AppendOutcome:
+    # --- connections -------------------------------------------------------------------
+
+    def connection(self):
+        """The alias's connection, replaced first if a previous call lost it (a terminated
+        backend, a network cut): a lost connection fails one call, never the next ones."""
+        db = connections[self.alias]
+        raw = db.connection
+        if raw is not None and not db.in_atomic_block and (getattr(raw, "closed", False) or getattr(raw, "broken", False)):
+            db.close()
+        db.ensure_connection()
+        return db
+
+    # --- append ------------------------------------------------------------------------
+
+    def append(self, stream_id: str, stream_type: str, expected: int, events: Sequence[PendingEvent],
+               new_key: NewKey | None = None) -> AppendOutcome:
+        self.connection()
+        ids = [e.event_id for e in events]
+        try:
+            with transaction.atomic(using=self.alias):  # a savepoint inside a caller's transaction
+                return self._append(stream_id, stream_type, expected, events, new_key)
+        except _Refused as refused:
+            outcome = refused.outcome
+            if outcome.outcome == "conflict":
+                return self._find_stored(stream_id, ids, expected, outcome.published_version, outcome.epoch) or outcome
+            return outcome
+        except IntegrityError:
+            # An id stored meanwhile (a concurrent identical append, or the ids elsewhere).
+            found = self._find_stored(stream_id, ids, expected, None, None)
+            return found or AppendOutcome("conflict", self.stream_version(stream_id), None, ())
+
+    def _append(self, stream_id, stream_type, expected, events, new_key) -> AppendOutcome:
         from ..models import Event, Stream, SubjectKey, SubjectStream
 
+        now = datetime.now(timezone.utc)
         streams = Stream.objects.using(self.alias)
-        with transaction.atomic(using=self.alias):
-            stream = streams.select_for_update().filter(pk=stream_id).first()
-            published = stream.published_version if stream else None
+        stream = streams.select_for_update().filter(pk=stream_id).first()
+        if stream is None:
+            if expected >= 1 or expected == ExpectedVersion.STREAM_EXISTS:
+                raise _Refused(AppendOutcome("conflict", 0, None, ()))
+            # Concurrent first appends: one row wins, the others wait for it and re-check.
+            streams.bulk_create([Stream(stream_id=stream_id, stream_type=stream_type, version=0,
+                                        published_version=0, last_hash=GENESIS_HASH, created_at=now,
+                                        updated_at=now)], ignore_conflicts=True)
+            stream = streams.select_for_update().get(pk=stream_id)
+        version, published, epoch = stream.version, stream.published_version, stream.publication_epoch
+        if stream.migrated_to:
+            raise _Refused(AppendOutcome("closed", version, published, (), detail=stream.migrated_to, epoch=epoch))
+        if not _expectation_holds(expected, version):
+            raise _Refused(AppendOutcome("conflict", version, published, (), epoch=epoch))
+        keys = SubjectKey.objects.using(self.alias)
+        if new_key is not None:
+            _, created = keys.get_or_create(subject=new_key.subject, defaults={
+                "wrapped_key": new_key.wrapped, "master_key_id": new_key.master_key_id, "created_at": now})
+            if not created:
+                raise _Refused(AppendOutcome("key_exists", version, published, (), detail=new_key.subject))
+        subjects = sorted({e.data_subject for e in events if e.data_subject})
+        if subjects:
+            rows = dict(keys.select_for_update().filter(pk__in=subjects).values_list("subject", "wrapped_key"))
+            erased = [s for s in subjects if s in rows and rows[s] is None]
+            if erased:
+                raise _Refused(AppendOutcome("erased", version, published, (), detail=erased[0]))
+            missing = [s for s in subjects if s not in rows]
+            if missing:
+                raise _Refused(AppendOutcome("key_missing", version, published, (), detail=missing[0]))
 
-            found = Event.objects.using(self.alias).filter(event_id=events[0].event_id).values_list(
-                "stream_id", "version").first()
-            if found is not None:
-                return self._idempotent_or_raise(stream_id, expected, events, found, published)
-            if stream is None and _expectation_holds(expected, 0):
-                # Concurrent first appends: one row wins, the others wait for it and re-check.
-                streams.bulk_create([Stream(stream_id=stream_id, stream_type=stream_type, version=0,
-                                            published_version=0, last_hash=GENESIS_HASH, created_at=now,
-                                            updated_at=now)], ignore_conflicts=True)
-                stream = streams.select_for_update().get(pk=stream_id)
-            version = stream.version if stream else 0
-            if not _expectation_holds(expected, version):
-                transaction.set_rollback(True, using=self.alias)  # no empty stream row is left behind
-                return AppendOutcome("conflict", version, published, ())
-            if new_key is not None:
-                _, created = SubjectKey.objects.using(self.alias).get_or_create(
-                    subject=new_key.subject, defaults={"wrapped_key": new_key.wrapped,
-                                                       "master_key_id": new_key.master_key_id, "created_at": now})
-                if not created:
-                    transaction.set_rollback(True, using=self.alias)
-                    return AppendOutcome("key_exists", version, published, ())
+        chain = bytes(stream.last_hash)
+        rows, hashes = [], []
+        for offset, pending in enumerate(events, start=1):
+            chain = next_chain_hash(chain, version + offset, pending.digest)
+            hashes.append(chain)
+            rows.append(Event(
+                event_id=pending.event_id, stream_id=stream_id, version=version + offset,
+                event_type=pending.event_type, schema_version=pending.schema_version,
+                occurred_at=pending.occurred_at, recorded_at=now, correlation_id=pending.correlation_id,
+                causation_id=pending.causation_id, actor=pending.actor, data_subject=pending.data_subject,
+                payload=pending.payload, chain_hash=chain))
+        created = Event.objects.using(self.alias).bulk_create(rows)
+        SubjectStream.objects.using(self.alias).bulk_create(
+            [SubjectStream(subject=subject, stream_id=stream_id) for subject in subjects], ignore_conflicts=True)
+        new_version = version + len(events)
+        streams.filter(pk=stream_id).update(version=new_version, last_hash=chain, updated_at=now)
+        return AppendOutcome("appended", new_version, published, tuple(e.position for e in created), tuple(hashes),
+                             epoch=epoch)
 
-            chain = bytes(stream.last_hash)
-            rows, hashes = [], []
-            for offset, pending in enumerate(events, start=1):
-                chain = next_chain_hash(chain, version + offset, pending.digest)
-                hashes.append(chain)
-                rows.append(Event(
-                    event_id=pending.event_id, stream_id=stream_id, version=version + offset,
-                    event_type=pending.event_type, schema_version=pending.schema_version,
-                    occurred_at=pending.occurred_at, correlation_id=pending.correlation_id,
-                    causation_id=pending.causation_id, actor=pending.actor, data_subject=pending.data_subject,
-                    payload=pending.payload, chain_hash=chain))
-            created = Event.objects.using(self.alias).bulk_create(rows)
-            SubjectStream.objects.using(self.alias).bulk_create(
-                [SubjectStream(subject=subject, stream_id=stream_id)
-                 for subject in {e.data_subject for e in events if e.data_subject}], ignore_conflicts=True)
-            new_version = version + len(events)
-            Stream.objects.using(self.alias).filter(pk=stream_id).update(
-                version=new_version, last_hash=chain, updated_at=now)
-            return AppendOutcome("appended", new_version, published, tuple(e.position for e in created),
-                                 tuple(hashes))
-
-    def _idempotent_or_raise(self, stream_id, expected, events, found, published) -> AppendOutcome:
+    def _find_stored(self, stream_id: str, ids: list, expected: int, published: int | None,
+                     epoch: int | None) -> AppendOutcome | None:
+        """Where the batch's ids are stored: idempotent, duplicate, or None (nowhere)."""
         from ..models import Event
 
-        found_stream, found_version = found
-        ids = [e.event_id for e in events]
-        stored = list(Event.objects.using(self.alias).filter(
-            stream_id=found_stream, version__gte=found_version, version__lt=found_version + len(ids),
-        ).order_by("version").values_list("event_id", "position"))
-        same_place = found_stream == stream_id and [s[0] for s in stored] == ids
-        if same_place and (expected in (ExpectedVersion.ANY, ExpectedVersion.STREAM_EXISTS)
-                           or expected == found_version - 1
-                           or (expected == ExpectedVersion.NO_STREAM and found_version == 1)):
-            return AppendOutcome("idempotent", found_version + len(ids) - 1, published, tuple(s[1] for s in stored))
-        raise DuplicateEventError(
-            f"event id {ids[0]} is already stored as stream {found_stream} version {found_version}; "
-            "an event id can be stored once: give new events new ids"
-        )
+        stored = {row[0]: row[1:] for row in Event.objects.using(self.alias).filter(event_id__in=ids)
+                  .values_list("event_id", "stream_id", "version", "position")}
+        if not stored:
+            return None
+        first = stored.get(ids[0])
+        if first is not None and first[0] == stream_id and (
+                expected in (ExpectedVersion.ANY, ExpectedVersion.STREAM_EXISTS) or expected == first[1] - 1
+                or (expected == ExpectedVersion.NO_STREAM and first[1] == 1)):
+            if all(stored.get(i, (None, None))[:2] == (stream_id, first[1] + n) for n, i in enumerate(ids)):
+                return AppendOutcome("idempotent", first[1] + len(ids) - 1, published,
+                                     tuple(stored[i][2] for i in ids), epoch=epoch)
+        event_id = next(i for i in ids if i in stored)
+        where = stored[event_id]
+        return AppendOutcome("duplicate", 0, published, (),
+                             detail=f"event id {event_id} is already stored as stream {where[0]} version {where[1]}")
+
+    # --- read --------------------------------------------------------------------------
 
     def load(self, stream_id: str, from_version: int, to_version: int | None) -> list[StoredEvent]:
         from ..models import Event
 
+        self.connection()
         rows = Event.objects.using(self.alias).filter(stream_id=stream_id, version__gte=from_version)
         if to_version is not None:
             rows = rows.filter(version__lte=to_version)
         rows = list(rows.order_by("version").values_list(*LOAD_COLUMNS))
-        materials = key_materials({row[9] for row in rows if row[9] is not None}, self.alias)
+        materials = self.key_materials({row[9] for row in rows if row[9] is not None})
         return [row_to_stored_event(stream_id, row, materials.get(row[9])) for row in rows]
 
     def stream_version(self, stream_id: str) -> int:
         from ..models import Stream
 
+        self.connection()
         version = Stream.objects.using(self.alias).filter(pk=stream_id).values_list("version", flat=True).first()
         return version or 0
 
-    def record_publications(self, publications: Sequence[Publication], now: datetime) -> None:
+    def stream(self, stream_id: str) -> StreamRow | None:
+        from ..models import Stream
+
+        row = Stream.objects.using(self.alias).filter(pk=stream_id).values_list(
+            "stream_id", "stream_type", "version", "published_version", "publication_epoch", "last_hash", "created_at",
+            "updated_at", "migrated_to", "migrated_from").first()
+        return None if row is None else StreamRow(*row[:5], bytes(row[5]), *row[6:])
+
+    def stream_info(self, stream_id: str) -> dict | None:
+        """Version, publication, event count and first/last event times of one stream."""
+        from ..models import Event, Snapshot
+
+        stream = self.stream(stream_id)
+        if stream is None:
+            return None
+        events = Event.objects.using(self.alias).filter(stream_id=stream_id).aggregate(
+            count=Count("position"), first=Min("occurred_at"), last=Max("occurred_at"))
+        snapshot = (Snapshot.objects.using(self.alias).filter(stream_id=stream_id).order_by("-version")
+                    .values_list("version", "created_at").first()) or (None, None)
+        return {"stream": stream, "count": events["count"], "first": events["first"], "last": events["last"],
+                "snapshot_version": snapshot[0], "snapshot_at": snapshot[1]}
+
+    def version_at(self, stream_id: str, moment: datetime) -> int:
+        """The version of the stream's last event that occurred at or before `moment`."""
+        from ..models import Event
+
+        return (Event.objects.using(self.alias).filter(stream_id=stream_id, occurred_at__lte=moment)
+                .order_by("-version").values_list("version", flat=True).first()) or 0
+
+    def chain_hash_at(self, stream_id: str, version: int) -> bytes | None:
+        from ..models import Event
+
+        value = Event.objects.using(self.alias).filter(stream_id=stream_id, version=version).values_list(
+            "chain_hash", flat=True).first()
+        return None if value is None else bytes(value)
+
+    def key_materials(self, subjects) -> dict[str, KeyMaterial]:
+        """The key rows of these subjects, in one query."""
+        from ..models import SubjectKey
+
+        subjects = set(subjects)
+        if not subjects:
+            return {}
+        rows = SubjectKey.objects.using(self.alias).filter(pk__in=subjects).values_list(
+            "subject", "wrapped_key", "master_key_id")
+        return {subject: KeyMaterial(bytes(wrapped) if wrapped is not None else None, master_id)
+                for subject, wrapped, master_id in rows}
+
+    def cache_check(self, stream_id: str, version: int, subject: str | None) -> CacheCheck:
+        from ..models import Stream
+
+        current = Stream.objects.using(self.alias).filter(pk=stream_id).values_list("version", flat=True).first()
+        material = self.key_materials([subject]).get(subject) if subject else None
+        return CacheCheck(current, self.chain_hash_at(stream_id, version), material)
+
+    def streams_of_subjects(self, subjects) -> list[str]:
+        """Every stream holding data encrypted for one of these subjects."""
+        from ..models import SubjectStream
+
+        return sorted(set(SubjectStream.objects.using(self.alias).filter(subject__in=list(subjects))
+                          .values_list("stream_id", flat=True)))
+
+    def existing_streams(self, stream_ids) -> list[str]:
+        from ..models import Stream
+
+        return sorted(Stream.objects.using(self.alias).filter(pk__in=list(stream_ids)).values_list("stream_id", flat=True))
+
+    def count_subject_events(self, stream_ids, subjects) -> int:
+        from ..models import Event
+
+        return Event.objects.using(self.alias).filter(stream_id__in=list(stream_ids),
+                                                      data_subject__in=list(subjects)).count()
+
+    # --- publication -------------------------------------------------------------------
+
+    def record_publications(self, publications: Sequence[Publication]) -> None:
+        """Records where Kafka acknowledged each event (the latest acknowledgement wins: after a
+        refill the positions point into the new log) and moves `published_version` over runs
+        acknowledged without a gap."""
         from ..models import Event, Stream
 
+        now = datetime.now(timezone.utc)
+        self.connection()
         with transaction.atomic(using=self.alias):
-            for pub in publications:
-                Event.objects.using(self.alias).filter(position=pub.global_position, published_at__isnull=True).update(
+            epochs = dict(Stream.objects.using(self.alias).filter(pk__in={p.stream_id for p in publications})
+                          .values_list("stream_id", "publication_epoch"))
+            current = [p for p in publications if epochs.get(p.stream_id) == p.epoch]  # not from before a refill
+            for pub in current:
+                Event.objects.using(self.alias).filter(position=pub.global_position).update(
                     kafka_topic=pub.topic, kafka_partition=pub.partition, kafka_offset=pub.offset, published_at=now)
-            for stream_id, first, last in _contiguous_runs(publications):
+            for stream_id, first, last, _ in _contiguous_runs(current):
                 Stream.objects.using(self.alias).filter(
                     pk=stream_id, published_version__gte=first - 1, published_version__lt=last,
                 ).update(published_version=last)
 
+    def outbox_backlog(self, stream_types: Sequence[str] | None = None) -> int:
+        """How many committed events Kafka has not acknowledged yet."""
+        from ..models import Stream
 
+        lagging = Stream.objects.using(self.alias).filter(version__gt=F("published_version"))
+        if stream_types:
+            lagging = lagging.filter(stream_type__in=stream_types)
+        return sum(v - p for v, p in lagging.values_list("version", "published_version"))
+
+    def oldest_unpublished(self, stream_types: Sequence[str] | None = None,
+                           exclude: Sequence[str] = ()) -> datetime | None:
+        """When the oldest event that Kafka has not acknowledged was recorded."""
+        from ..models import Event
+
+        heads = Event.objects.using(self.alias).filter(stream__version__gt=F("stream__published_version"),
+                                                       version=F("stream__published_version") + 1)
+        if stream_types:
+            heads = heads.filter(stream__stream_type__in=stream_types)
+        if exclude:
+            heads = heads.exclude(stream_id__in=list(exclude))
+        return _aware(heads.aggregate(oldest=Min("recorded_at"))["oldest"])
+
+    def outbox_heads(self, grace_seconds: float, limit: int, stream_types: Sequence[str] | None = None,
+                     held: Sequence[str] = ()) -> list[str]:
+        """Streams whose first unacknowledged event was recorded more than `grace_seconds`
+        ago by the database's clock (an event's own occurred_at plays no part)."""
+        from ..models import Event
+
+        cutoff = self._db_now() - timedelta(seconds=grace_seconds)
+        heads = Event.objects.using(self.alias).filter(
+            stream__version__gt=F("stream__published_version"), version=F("stream__published_version") + 1,
+            recorded_at__lt=cutoff)
+        if stream_types:
+            heads = heads.filter(stream__stream_type__in=stream_types)
+        if held:
+            heads = heads.exclude(stream_id__in=list(held))
+        return list(heads.order_by("stream_id").values_list("stream_id", flat=True)[:limit])
+
+    def unpublished_events(self, stream_ids: Sequence[str], limit: int) -> list[StoredEvent]:
+        """Each stream's events after its published version, in version order; at most
+        `limit` events in all, but always whole streams up to `limit` (only a stream longer
+        than the whole budget is cut, and continues in the next round)."""
+        from ..models import Event
+
+        rows = list(Event.objects.using(self.alias).filter(
+            stream_id__in=list(stream_ids), version__gt=F("stream__published_version"),
+        ).order_by("stream_id", "version").values_list("stream_id", *LOAD_COLUMNS)[:limit + 1])
+        if len(rows) > limit:
+            cut_stream = rows[limit][0]
+            whole = [r for r in rows[:limit] if r[0] != cut_stream]
+            rows = whole or rows[:limit]
+        return [row_to_stored_event(row[0], row[1:]) for row in rows]
+
+    def published_versions(self, stream_ids: Sequence[str]) -> dict[str, int]:
+        from ..models import Stream
+
+        return dict(Stream.objects.using(self.alias).filter(pk__in=list(stream_ids))
+                    .values_list("stream_id", "published_version"))
+
+    def publication_epochs(self, stream_ids: Sequence[str]) -> dict[str, int]:
+        from ..models import Stream
+
+        return dict(Stream.objects.using(self.alias).filter(pk__in=list(stream_ids))
+                    .values_list("stream_id", "publication_epoch"))
+
+    def stream_ids_chunks(self, stream_types: Sequence[str] | None, chunk: int) -> Iterator[list[str]]:
+        """Every stream id (of these types), in chunks, by keyset (no long scan held open)."""
+        from ..models import Stream
+
+        after = ""
+        while True:
+            query = Stream.objects.using(self.alias).filter(stream_id__gt=after)
+            if stream_types:
+                query = query.filter(stream_type__in=stream_types)
+            ids = list(query.order_by("stream_id").values_list("stream_id", flat=True)[:chunk])
+            if not ids:
+                return
+            yield ids
+            after = ids[-1]
+
+    def reset_publication(self, stream_ids: Sequence[str]) -> int:
+        """Marks these streams unpublished in a new publication epoch (a refill republishes them;
+        acknowledgements of sends from before no longer count): one short statement, so appends
+        to them wait for a moment at most."""
+        from ..models import Stream
+
+        with transaction.atomic(using=self.alias):
+            return Stream.objects.using(self.alias).filter(pk__in=list(stream_ids)).update(
+                published_version=0, publication_epoch=F("publication_epoch") + 1)
+
+    def stream_totals(self, stream_types: Sequence[str] | None = None) -> tuple[int, int]:
+        """(streams, events) of these stream types."""
+        from django.db.models import Sum
+
+        from ..models import Stream
+
+        query = Stream.objects.using(self.alias)
+        if stream_types:
+            query = query.filter(stream_type__in=list(stream_types))
+        totals = query.aggregate(streams=Count("stream_id"), events=Sum("version"))
+        return totals["streams"] or 0, totals["events"] or 0
+
+    def record_poison(self, position: int, stream_id: str, version: int, error: str) -> int:
+        """Records (or counts again) an event Kafka refused for good; returns its attempts."""
+        from ..models import PoisonEvent
+
+        now = datetime.now(timezone.utc)
+        self.connection()
+        with transaction.atomic(using=self.alias):
+            row, created = PoisonEvent.objects.using(self.alias).select_for_update().get_or_create(
+                position=position, defaults={"stream_id": stream_id, "version": version,
+                                             "error": error, "first_seen": now, "last_seen": now})
+            if not created:
+                PoisonEvent.objects.using(self.alias).filter(pk=row.pk).update(
+                    attempts=F("attempts") + 1, last_seen=now, error=error)
+                return row.attempts + 1
+            return 1
+
+    def held_streams(self, retry_after_seconds: float | None = None) -> list[str]:
+        """Streams whose next event is a poison event (seen less than `retry_after_seconds`
+        ago, if given: older ones are due for another try)."""
+        from ..models import PoisonEvent
+
+        poisoned = list(PoisonEvent.objects.using(self.alias).values_list("stream_id", "version", "last_seen"))
+        if not poisoned:
+            return []
+        recent = (datetime.now(timezone.utc) - timedelta(seconds=retry_after_seconds)
+                  if retry_after_seconds is not None else None)
+        published = self.published_versions([s for s, _, _ in poisoned])
+        return sorted({s for s, v, seen in poisoned
+                       if published.get(s, 0) == v - 1 and (recent is None or _aware(seen) >= recent)})
+
+    def clear_resolved_poison(self) -> int:
+        """Forgets poison events that were published since (their cause was fixed)."""
+        from ..models import PoisonEvent
+
+        poisoned = list(PoisonEvent.objects.using(self.alias).values_list("position", "stream_id", "version"))
+        if not poisoned:
+            return 0
+        published = self.published_versions([s for _, s, _ in poisoned])
+        resolved = [p for p, s, v in poisoned if published.get(s, 0) >= v]
+        self.clear_poison(resolved)
+        return len(resolved)
+
+    def poison_events(self) -> list[dict]:
+        """Poison events still blocking their stream."""
+        from ..models import PoisonEvent
+
+        rows = list(PoisonEvent.objects.using(self.alias).order_by("first_seen").values(
+            "position", "stream_id", "version", "error", "attempts", "first_seen", "last_seen"))
+        published = self.published_versions([r["stream_id"] for r in rows])
+        return [r for r in rows if published.get(r["stream_id"], 0) < r["version"]]
+
+    def clear_poison(self, positions: Sequence[int]) -> None:
+        from ..models import PoisonEvent
+
+        if positions:
+            PoisonEvent.objects.using(self.alias).filter(position__in=list(positions)).delete()
+
+    @contextlib.contextmanager
+    def relay_lock(self) -> Iterator[bool]:
+        """One relay (or refill) at a time across processes: yields False if another holds it.
+        Here a lock on a file beside the SQLite database: it cannot expire under its holder and
+        goes away with the process."""
+        name = str(connections[self.alias].settings_dict.get("NAME") or "eventstore")
+        path = Path(name + ".relay.lock") if name not in ("", ":memory:") and "mode=memory" not in name \
+            else Path("/tmp") / "teddy-eventstore.relay.lock"
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _db_now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    # --- snapshots ---------------------------------------------------------------------
+
+    def insert_snapshot(self, stream_id: str, version: int, aggregate_type: str, schema_version: int,
+                        state: bytes, seal: bytes, subject: str | None) -> datetime:
+        from ..models import Snapshot
+
+        now = datetime.now(timezone.utc)
+        Snapshot.objects.using(self.alias).bulk_create([Snapshot(
+            stream_id=stream_id, version=version, aggregate_type=aggregate_type, schema_version=schema_version,
+            state=state, seal=seal, data_subject=subject, created_at=now)], ignore_conflicts=True)
+        return now
+
+    def latest_snapshot(self, stream_id: str, max_version: int | None, schema_version: int | None) -> SnapshotRow | None:
+        from ..models import Snapshot
+
+        query = Snapshot.objects.using(self.alias).filter(stream_id=stream_id)
+        if max_version is not None:
+            query = query.filter(version__lte=max_version)
+        if schema_version is not None:
+            query = query.filter(schema_version=schema_version)
+        row = query.order_by("-version").values_list(
+            "version", "aggregate_type", "schema_version", "state", "seal", "data_subject", "created_at").first()
+        if row is None:
+            return None
+        version, aggregate_type, schema, state, seal, subject, created_at = row
+        material = self.key_materials([subject]).get(subject) if subject else None
+        return SnapshotRow(stream_id, version, aggregate_type, schema, bytes(state),
+                           None if seal is None else bytes(seal), subject, _aware(created_at),
+                           self.chain_hash_at(stream_id, version), material)
+
+    def snapshot_versions(self, stream_id: str) -> list[int]:
+        from ..models import Snapshot
+
+        return list(Snapshot.objects.using(self.alias).filter(stream_id=stream_id).order_by("-version")
+                    .values_list("version", flat=True))
+
+    def snapshot_streams_of_subjects(self, subjects) -> list[str]:
+        from ..models import Snapshot
+
+        return sorted(set(Snapshot.objects.using(self.alias).filter(data_subject__in=list(subjects))
+                          .values_list("stream_id", flat=True)))
+
+    def delete_snapshots(self, stream_ids: Sequence[str], below_version: int | None = None) -> int:
+        """The guarded delete: the only way snapshots go (pruning below a version, erasure of all)."""
+        from ..models import Snapshot, SnapshotDeletePermit
+
+        token = uuid.uuid4()
+        with transaction.atomic(using=self.alias):
+            SnapshotDeletePermit.objects.using(self.alias).bulk_create([SnapshotDeletePermit(token=token)])
+            query = Snapshot.objects.using(self.alias).filter(stream_id__in=list(stream_ids))
+            if below_version is not None:
+                query = query.filter(version__lt=below_version)
+            deleted = query._raw_delete(self.alias)  # the queryset's delete() is refused on purpose
+            SnapshotDeletePermit.objects.using(self.alias).filter(token=token)._raw_delete(self.alias)
+        return deleted
+
+    def record_snapshot_position(self, stream_id: str, version: int, position: tuple[str, int, int]) -> None:
+        from ..models import Snapshot
+
+        Snapshot.objects.using(self.alias).filter(stream_id=stream_id, version=version).update(
+            kafka_topic=position[0], kafka_partition=position[1], kafka_offset=position[2])
+
+    def iter_snapshots(self, stream_id: str | None = None) -> Iterator[SnapshotRow]:
+        """Every snapshot with the chain hash at its version, for verification."""
+        from ..models import Snapshot
+
+        query = Snapshot.objects.using(self.alias).order_by("stream_id", "version")
+        if stream_id is not None:
+            query = query.filter(stream_id=stream_id)
+        for row in query.values_list("stream_id", "version", "aggregate_type", "schema_version", "state", "seal",
+                                     "data_subject", "created_at").iterator(chunk_size=1000):
+            sid, version, aggregate_type, schema, state, seal, subject, created_at = row
+            yield SnapshotRow(sid, version, aggregate_type, schema, bytes(state), None if seal is None else bytes(seal),
+                              subject, _aware(created_at), self.chain_hash_at(sid, version), None)
+
+    # --- verification ------------------------------------------------------------------
+
+    def iter_stream_events(self, stream_id: str | None = None, chunk: int = 5000) -> Iterator[StoredEvent]:
+        """Every event (of one stream), ordered by stream and version, without holding all in memory."""
+        from ..models import Event
+
+        query = Event.objects.using(self.alias).order_by("stream_id", "version")
+        if stream_id is not None:
+            query = query.filter(stream_id=stream_id)
+        for row in query.values_list("stream_id", *LOAD_COLUMNS).iterator(chunk_size=chunk):
+            yield row_to_stored_event(row[0], row[1:])
+
+    def stream_heads(self, stream_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        from ..models import Stream
+
+        return {sid: (version, bytes(last_hash)) for sid, version, last_hash in
+                Stream.objects.using(self.alias).filter(stream_id__in=list(stream_ids))
+                .values_list("stream_id", "version", "last_hash")}
+
+    def streams_without_events(self, stream_id: str | None = None) -> list[tuple[str, int]]:
+        from ..models import Stream
+
+        query = Stream.objects.using(self.alias).filter(version__gt=0, events__isnull=True)
+        if stream_id is not None:
+            query = query.filter(stream_id=stream_id)
+        return list(query.values_list("stream_id", "version"))
+
+    def count_streams(self, stream_id: str | None = None) -> int:
+        from ..models import Stream
+
+        query = Stream.objects.using(self.alias)
+        return (query.filter(pk=stream_id) if stream_id else query).count()
+
+    def unpublished_count(self, stream_id: str | None = None) -> int:
+        from ..models import Event
+
+        query = Event.objects.using(self.alias).filter(published_at__isnull=True)
+        return (query.filter(stream_id=stream_id) if stream_id else query).count()
+
+    def published_partitions(self, stream_id: str | None = None) -> list[tuple[str, int]]:
+        from ..models import Event
+
+        query = Event.objects.using(self.alias).filter(published_at__isnull=False)
+        if stream_id is not None:
+            query = query.filter(stream_id=stream_id)
+        return sorted(query.order_by().values_list("kafka_topic", "kafka_partition").distinct())
+
+    def iter_partition_events(self, topic: str, partition: int, stream_id: str | None = None) -> Iterator[StoredEvent]:
+        """The mirror's events recorded at one Kafka partition, in offset order."""
+        from ..models import Event
+
+        query = Event.objects.using(self.alias).filter(kafka_topic=topic, kafka_partition=partition)
+        if stream_id is not None:
+            query = query.filter(stream_id=stream_id)
+        for row in query.order_by("kafka_offset").values_list("stream_id", *LOAD_COLUMNS).iterator(chunk_size=5000):
+            yield row_to_stored_event(row[0], row[1:])
+
+    # --- migration -----------------------------------------------------------------------
+
+    def lock_stream(self, stream_id: str) -> StreamRow | None:
+        """Locks the stream row until the caller's transaction ends (appends to it wait)."""
+        from ..models import Stream
+
+        if not connections[self.alias].in_atomic_block:
+            raise EventStoreError("lock_stream needs a transaction (wrap the call in transaction.atomic())")
+        found = Stream.objects.using(self.alias).select_for_update().filter(pk=stream_id).exists()
+        return self.stream(stream_id) if found else None
+
+    def link_migration(self, old_stream_id: str, new_stream_id: str) -> None:
+        """Closes the old stream (its appends are refused, naming the new one) and links both."""
+        from ..models import Stream
+
+        Stream.objects.using(self.alias).filter(pk=old_stream_id).update(migrated_to=new_stream_id)
+        Stream.objects.using(self.alias).filter(pk=new_stream_id).update(migrated_from=old_stream_id)
+
+    def add_subject_alias(self, subject: str, alias: str) -> None:
+        from ..models import SubjectAlias
+
+        now = datetime.now(timezone.utc)
+        SubjectAlias.objects.using(self.alias).bulk_create(
+            [SubjectAlias(subject=subject, alias=alias, created_at=now),
+             SubjectAlias(subject=alias, alias=subject, created_at=now)], ignore_conflicts=True)
+
+    def subject_aliases(self, subject: str) -> set[str]:
+        """The subject and every name linked to it by aliases (transitively)."""
+        from ..models import SubjectAlias
+
+        known, frontier = {subject}, {subject}
+        while frontier:
+            found = set(SubjectAlias.objects.using(self.alias).filter(subject__in=list(frontier))
+                        .values_list("alias", flat=True)) - known
+            known |= found
+            frontier = found
+        return known
+
+
+# psycopg binds these server-side (%b: binary, no escaping or quoting of 13 arrays).
 _APPEND_SQL = (
-    "SELECT outcome, stream_version, published_version, positions, hashes FROM eventstore_append("
-    "%s, %s, %s, %s, %b::uuid[], %b::text[], %b::int[], %b::timestamptz[], %b::text[], %b::text[], "
-    "%b::text[], %b::text[], %b::bytea[], %b::bytea[], %s::text, %b::bytea, %s::text)"  # %b: binary, no escaping
+    "SELECT outcome, stream_version, published_version, positions, hashes, detail, epoch FROM eventstore_append("
+    "%s, %s, %s, %b::uuid[], %b::text[], %b::int[], %b::timestamptz[], %b::text[], %b::text[], "
+    "%b::text[], %b::text[], %b::bytea[], %b::bytea[], %s::text, %b::bytea, %s::text)"
 )
-
 
 # The subject's key row comes with the events: one round trip, and a key destroyed by an
 # erasure is never used again.
@@ -221,42 +754,51 @@ _LOAD_SQL = (f"SELECT {', '.join('e.' + c if c != 'event_id' else 'e.event_id::t
              "k.wrapped_key, k.master_key_id "
              "FROM eventstore_event e LEFT JOIN privacy_subject_key k ON k.subject = e.data_subject "
              "WHERE e.stream_id = %s AND e.version >= %s AND e.version <= %s ORDER BY e.version")
-_MAX_VERSION = 2**63 - 1
+
+# The snapshot, the chain hash at its version (its seal is bound to it) and the key row.
+_LATEST_SNAPSHOT_SQL = (
+    "SELECT s.version, s.aggregate_type, s.schema_version, s.state, s.seal, s.data_subject, s.created_at, "
+    "e.chain_hash, k.subject, k.wrapped_key, k.master_key_id "
+    "FROM eventstore_snapshot s "
+    "LEFT JOIN eventstore_event e ON e.stream_id = s.stream_id AND e.version = s.version "
+    "LEFT JOIN privacy_subject_key k ON k.subject = s.data_subject "
+    "WHERE s.stream_id = %s AND s.version <= %s AND (s.schema_version = %s OR %s < 0) "
+    "ORDER BY s.version DESC LIMIT 1"
+)
+
+_CACHE_CHECK_SQL = (
+    "SELECT (SELECT version FROM eventstore_stream WHERE stream_id = %s), "
+    "(SELECT chain_hash FROM eventstore_event WHERE stream_id = %s AND version = %s), "
+    "k.wrapped_key, k.master_key_id, k.subject IS NOT NULL "
+    "FROM (SELECT 1) AS one LEFT JOIN privacy_subject_key k ON k.subject = %s"
+)
 
 
 class PostgresRecorder(DjangoRecorder):
-    """One round trip per append (the `eventstore_append` function) and per load."""
+    """One round trip per append (the `eventstore_append` function), per load, per snapshot
+    lookup and per cache check."""
 
-    def append(self, stream_id: str, stream_type: str, expected: int, now: datetime,
-               events: Sequence[PendingEvent], new_key: NewKey | None = None) -> AppendOutcome:
+    def append(self, stream_id: str, stream_type: str, expected: int, events: Sequence[PendingEvent],
+               new_key: NewKey | None = None) -> AppendOutcome:
         # A server-side-binding psycopg cursor and a prepared statement (Django's cursors bind
         # client-side: they would quote 13 arrays into the SQL text each time).
-        db = connections[self.alias]
-        db.ensure_connection()
-        try:
-            with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
-                row = cursor.execute(_APPEND_SQL, [
-                    stream_id, stream_type, int(expected), now,
-                    [e.event_id for e in events], [e.event_type for e in events],
-                    [e.schema_version for e in events], [e.occurred_at for e in events],
-                    [e.correlation_id for e in events], [e.causation_id for e in events],
-                    [e.actor for e in events], [e.data_subject for e in events], [e.payload for e in events],
-                    [e.digest for e in events],
-                    new_key and new_key.subject, new_key and new_key.wrapped, new_key and new_key.master_key_id,
-                ], prepare=True, binary=True).fetchone()
-        except DatabaseError as exc:
-            diag = getattr(exc.__cause__, "diag", None)
-            if diag is not None and diag.message_hint == "eventstore:duplicate-event":
-                raise DuplicateEventError(
-                    f"{diag.message_primary}; an event id can be stored once: give new events new ids"
-                ) from None
-            raise
-        outcome, version, published, positions, hashes = row
-        return AppendOutcome(outcome, version, published, tuple(positions or ()), tuple(map(bytes, hashes or ())))
+        db = self.connection()
+        with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
+            row = cursor.execute(_APPEND_SQL, [
+                stream_id, stream_type, int(expected),
+                [e.event_id for e in events], [e.event_type for e in events],
+                [e.schema_version for e in events], [e.occurred_at for e in events],
+                [e.correlation_id for e in events], [e.causation_id for e in events],
+                [e.actor for e in events], [e.data_subject for e in events], [e.payload for e in events],
+                [e.digest for e in events],
+                new_key and new_key.subject, new_key and new_key.wrapped, new_key and new_key.master_key_id,
+            ], prepare=True, binary=True).fetchone()
+        outcome, version, published, positions, hashes, detail, epoch = row
+        return AppendOutcome(outcome, version, published, tuple(positions or ()), tuple(map(bytes, hashes or ())),
+                             detail, epoch)
 
     def load(self, stream_id: str, from_version: int, to_version: int | None) -> list[StoredEvent]:
-        db = connections[self.alias]
-        db.ensure_connection()
+        db = self.connection()
         with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
             # psycopg's C timestamp loader instead of Django's Python one: the session time
             # zone is UTC, so both give the same instants, this one several times faster.
@@ -267,26 +809,88 @@ class PostgresRecorder(DjangoRecorder):
         materials: dict[str, KeyMaterial] = {}  # one per subject and load
         for row in rows:
             if row[9] is not None and row[9] not in materials:
-                materials[row[9]] = KeyMaterial(row[15], row[16])
+                materials[row[9]] = KeyMaterial(None if row[15] is None else bytes(row[15]), row[16])
         return [row_to_stored_event(stream_id, row, materials.get(row[9])) for row in rows]
 
-    def record_publications(self, publications: Sequence[Publication], now: datetime) -> None:
+    def latest_snapshot(self, stream_id: str, max_version: int | None, schema_version: int | None) -> SnapshotRow | None:
+        db = self.connection()
+        schema = -1 if schema_version is None else schema_version
+        with db.wrap_database_errors, db.cursor() as cursor:
+            cursor.execute(_LATEST_SNAPSHOT_SQL, [stream_id, _MAX_VERSION if max_version is None else max_version,
+                                                  schema, schema])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        version, aggregate_type, schema, state, seal, subject, created_at, chain, key_row, wrapped, master_id = row
+        material = None if key_row is None else KeyMaterial(None if wrapped is None else bytes(wrapped), master_id)
+        return SnapshotRow(stream_id, version, aggregate_type, schema, bytes(state), None if seal is None else bytes(seal),
+                           subject, created_at, None if chain is None else bytes(chain), material)
+
+    def cache_check(self, stream_id: str, version: int, subject: str | None) -> CacheCheck:
+        db = self.connection()
+        with db.wrap_database_errors, db.cursor() as cursor:
+            cursor.execute(_CACHE_CHECK_SQL, [stream_id, stream_id, version, subject])
+            current, chain, wrapped, master_id, has_row = cursor.fetchone()
+        material = KeyMaterial(None if wrapped is None else bytes(wrapped), master_id) if has_row else None
+        return CacheCheck(current, None if chain is None else bytes(chain), material)
+
+    def record_publications(self, publications: Sequence[Publication]) -> None:
         runs = _contiguous_runs(publications)
+        now = datetime.now(timezone.utc)
+        self.connection()
         with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
+            # Acknowledgements of sends from before a refill (an older epoch) are ignored.
             cursor.execute(
                 "UPDATE eventstore_event e SET kafka_topic = x.topic, kafka_partition = x.part, "
                 "kafka_offset = x.off, published_at = %s "
-                "FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::bigint[]) AS x(pos, topic, part, off) "
-                "WHERE e.position = x.pos AND e.published_at IS NULL",
-                [now, [p.global_position for p in publications], [p.topic for p in publications],
+                "FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::int[], %s::bigint[]) "
+                "AS x(pos, sid, epoch, topic, part, off) "
+                "JOIN eventstore_stream s ON s.stream_id = x.sid AND s.publication_epoch = x.epoch "
+                "WHERE e.position = x.pos",
+                [now, [p.global_position for p in publications], [p.stream_id for p in publications],
+                 [p.epoch for p in publications], [p.topic for p in publications],
                  [p.partition for p in publications], [p.offset for p in publications]],
             )
             cursor.execute(
                 "UPDATE eventstore_stream s SET published_version = x.last "
-                "FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS x(sid, first, last) "
-                "WHERE s.stream_id = x.sid AND s.published_version >= x.first - 1 AND s.published_version < x.last",
-                [[r[0] for r in runs], [r[1] for r in runs], [r[2] for r in runs]],
+                "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[]) AS x(sid, first, last, epoch) "
+                "WHERE s.stream_id = x.sid AND s.publication_epoch = x.epoch "
+                "AND s.published_version >= x.first - 1 AND s.published_version < x.last",
+                [[r[0] for r in runs], [r[1] for r in runs], [r[2] for r in runs], [r[3] for r in runs]],
             )
+
+    @contextlib.contextmanager
+    def relay_lock(self) -> Iterator[bool]:
+        """A session advisory lock: it cannot expire under its holder, and PostgreSQL drops it
+        when the holder's connection ends (a killed worker never leaves it behind)."""
+        db = self.connection()
+        with db.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RELAY_LOCK_ID])
+            held = cursor.fetchone()[0]
+        try:
+            yield held
+        finally:
+            if held:
+                with contextlib.suppress(DatabaseError), db.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [_RELAY_LOCK_ID])
+
+    def _db_now(self) -> datetime:
+        with self.connection().cursor() as cursor:
+            cursor.execute("SELECT now()")
+            return cursor.fetchone()[0]
+
+    def outbox_heads(self, grace_seconds: float, limit: int, stream_types: Sequence[str] | None = None,
+                     held: Sequence[str] = ()) -> list[str]:
+        # The database's clock, in the same statement: no clock of any other machine is involved.
+        sql = ("SELECT s.stream_id FROM eventstore_stream s "
+               "JOIN eventstore_event e ON e.stream_id = s.stream_id AND e.version = s.published_version + 1 "
+               "WHERE s.version > s.published_version AND e.recorded_at < now() - make_interval(secs => %s) "
+               "AND (%s::text[] IS NULL OR s.stream_type = ANY(%s::text[])) "
+               "AND NOT (s.stream_id = ANY(%s::text[])) ORDER BY s.stream_id LIMIT %s")
+        types = list(stream_types) if stream_types else None
+        with self.connection().cursor() as cursor:
+            cursor.execute(sql, [grace_seconds, types, types, list(held), limit])
+            return [row[0] for row in cursor.fetchall()]
 
 
 def _expectation_holds(expected: int, version: int) -> bool:
@@ -299,19 +903,19 @@ def _expectation_holds(expected: int, version: int) -> bool:
     return expected == version
 
 
-def _contiguous_runs(publications: Sequence[Publication]) -> list[tuple[str, int, int]]:
-    """(stream, first, last) for each run of consecutive versions acknowledged in this batch."""
-    runs: list[tuple[str, int, int]] = []
-    for pub in sorted(publications, key=lambda p: (p.stream_id, p.version)):
-        if runs and runs[-1][0] == pub.stream_id and runs[-1][2] + 1 >= pub.version:
-            stream, first, last = runs[-1]
-            runs[-1] = (stream, first, max(last, pub.version))
+def _contiguous_runs(publications: Sequence[Publication]) -> list[tuple[str, int, int, int]]:
+    """(stream, first, last, epoch) for each run of consecutive versions acknowledged in this
+    batch within one publication epoch."""
+    runs: list[tuple[str, int, int, int]] = []
+    for pub in sorted(publications, key=lambda p: (p.stream_id, p.epoch, p.version)):
+        if runs and runs[-1][0] == pub.stream_id and runs[-1][3] == pub.epoch and runs[-1][2] + 1 >= pub.version:
+            stream, first, last, epoch = runs[-1]
+            runs[-1] = (stream, first, max(last, pub.version), epoch)
         else:
-            runs.append((pub.stream_id, pub.version, pub.version))
+            runs.append((pub.stream_id, pub.version, pub.version, pub.epoch))
     return runs
 
 
 def recorder_for(alias: str = "default") -> DjangoRecorder:
     vendor = connections[alias].vendor
     return PostgresRecorder(alias) if vendor == "postgresql" else DjangoRecorder(alias)
-

@@ -56,6 +56,29 @@ class KeyMaterial:
 
 
 @dataclass(frozen=True, slots=True)
+class NewKey:
+    """A data key made for a subject that had none in this process; the append that first
+    uses it stores it in the same statement (or learns that another key exists)."""
+
+    subject: str
+    wrapped: bytes
+    master_key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """Kafka acknowledged one event at this position."""
+
+    global_position: int
+    stream_id: str
+    version: int
+    topic: str
+    partition: int
+    offset: int
+    epoch: int = 0  # the stream's publication epoch when it was sent (a refill bumps it)
+
+
+@dataclass(frozen=True, slots=True)
 class KafkaPosition:
     topic: str
     partition: int

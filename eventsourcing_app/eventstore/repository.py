@@ -14,13 +14,12 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import connections, transaction
+from django.db import transaction
 
 from ..domain.aggregate import EventSourcedAggregate
-from ..privacy.cipher import decrypt_fields
-from ..privacy.keys import get_subject_keys
-from .cache import AggregateCache, cache_context
+from .cache import AggregateCache
 from .errors import EventStoreError, MalformedEventError
+from .ports import SnapshotScheduler
 from .records import KeyMaterial
 from .serialization import deserialize_event
 from .snapshots import SnapshotStore
@@ -48,9 +47,9 @@ class LoadReport:
 class EventSourcingRepositoryImpl(Generic[A]):
     def __init__(self, aggregate_class: type[A], *, event_store: EventStore | None = None,
                  snapshot_store: SnapshotStore | None = None, cache: AggregateCache | bool | None = None,
-                 snapshot_scheduler=None) -> None:
+                 snapshot_scheduler: SnapshotScheduler | None = None) -> None:
         """Defaults come from the configuration; `cache=False` loads without the Redis cache."""
-        from .factory import get_aggregate_cache, get_event_store, get_snapshot_store, schedule_snapshot
+        from .configured import get_aggregate_cache, get_event_store, get_snapshot_store, schedule_snapshot
 
         if not (isinstance(aggregate_class, type) and issubclass(aggregate_class, EventSourcedAggregate)):
             raise EventStoreError(f"{aggregate_class!r} is not an EventSourcedAggregate class")
@@ -87,7 +86,9 @@ class EventSourcingRepositoryImpl(Generic[A]):
         stream_id, after = aggregate.stream_id, result.last_version
         if self.snapshot_store.crosses_threshold(stream_id, before, after):
             logger.info("snapshot threshold reached for %s at version %d", stream_id, after)
-            transaction.on_commit(lambda: self.schedule_snapshot(stream_id), using=self.event_store.recorder.alias)
+            # Fire and forget, after the commit: the save stands whatever scheduling does.
+            transaction.on_commit(lambda: self.schedule_snapshot(stream_id), using=self.event_store.recorder.alias,
+                                  robust=True)
 
     async def save(self, aggregate: A, **metadata) -> None:
         await sync_to_async(self.save_sync, thread_sensitive=False)(aggregate, **metadata)
@@ -109,9 +110,9 @@ class EventSourcingRepositoryImpl(Generic[A]):
             raise EventStoreError(f"version must be a whole number of 1 or more, not {version!r}")
 
         cls = self.aggregate_class
-        aggregate, started_from, current = None, "empty", None
+        aggregate, started_from, current, material, chain = None, "empty", None, None, None
         if version is None and self.cache is not None:
-            aggregate, current = self._from_cache(aggregate_id, stream_id)
+            aggregate, current, material = self._from_cache(aggregate_id, stream_id)
             started_from = "cache" if aggregate is not None else started_from
         if aggregate is None:
             snapshot = self.snapshot_store.get_latest_snapshot_sync(stream_id, max_version=version,
@@ -119,7 +120,7 @@ class EventSourcingRepositoryImpl(Generic[A]):
             if snapshot is not None:
                 try:
                     aggregate = cls.from_snapshot(aggregate_id, snapshot.version, snapshot.state)
-                    started_from = "snapshot"
+                    started_from, material = "snapshot", snapshot.subject_key
                 except (KeyError, TypeError, ValueError) as exc:  # a damaged snapshot: replay everything
                     logger.warning("snapshot of %s at version %d is unusable (%r); replaying all events",
                                    stream_id, snapshot.version, exc)
@@ -139,44 +140,40 @@ class EventSourcingRepositoryImpl(Generic[A]):
             raise AggregateNotFoundError(f"{stream_id} has no version {version} (it is at {aggregate.version})")
         self.last_load = LoadReport(stream_id, aggregate.version, started_from, base, len(events))
         if version is None and self.cache is not None and events:
-            self.cache.put(aggregate)
+            last = events[-1]
+            material = next((e.subject_key for e in reversed(events) if e.subject_key is not None), material)
+            self.cache.put(aggregate, last.chain_hash, material)
         return aggregate
 
     async def load(self, aggregate_id: str, *, version: int | None = None, as_of: datetime | None = None) -> A:
         return await sync_to_async(self.load_sync, thread_sensitive=False)(aggregate_id, version=version, as_of=as_of)
 
-    def _from_cache(self, aggregate_id: str, stream_id: str) -> tuple[A | None, int | None]:
-        """The cached aggregate (if usable) and the stream's current version, in one query."""
+    def _from_cache(self, aggregate_id: str, stream_id: str) -> tuple[A | None, int | None, KeyMaterial | None]:
+        """The cached aggregate (if its seal verifies), the stream's current version and the
+        subject's key row, in one query."""
         entry = self.cache.get(stream_id)
         if entry is None or entry.schema_version != self.aggregate_class.snapshot_schema_version:
-            return None, None
-        with connections[self.event_store.recorder.alias].cursor() as cursor:
-            cursor.execute(
-                "SELECT (SELECT version FROM eventstore_stream WHERE stream_id = %s), "
-                "(SELECT wrapped_key FROM privacy_subject_key WHERE subject = %s), "
-                "(SELECT master_key_id FROM privacy_subject_key WHERE subject = %s)",
-                [stream_id, entry.subject, entry.subject])
-            current, wrapped, master_id = cursor.fetchone()
-        if current is None or current < entry.version or (entry.subject is not None and wrapped is None):
+            return None, None, None
+        check = self.event_store.recorder.cache_check(stream_id, entry.version, entry.subject)
+        current, material = check.stream_version, check.subject_key
+        if current is None or current < entry.version or (entry.subject is not None and
+                                                          (material is None or material.erased)):
             self.cache.delete([stream_id])  # no such stream here, an entry from elsewhere, or erased
-            return None, None
-        # An entry that does not open or does not fit (another database, an older shape) is a
-        # miss: the cache never fails a load.
-        state = entry.state
+            return None, None, None
+        # An entry that does not verify or open (altered in Redis, another database, an older
+        # shape) is a miss: the cache never fails a load, and is never believed without proof.
         try:
-            if entry.subject is not None:
-                key = get_subject_keys().key_for_reading(entry.subject, KeyMaterial(bytes(wrapped), master_id))
-                state = decrypt_fields(state, key, entry.subject, cache_context(stream_id, entry.version))
-            return self.aggregate_class.from_snapshot(aggregate_id, entry.version, state), current
-        except (MalformedEventError, KeyError, TypeError, ValueError):
-            logger.warning("unusable cache entry for %s dropped", stream_id)
+            if not self.cache.verifies(stream_id, entry, check.chain_hash):
+                raise MalformedEventError("its seal does not verify")
+            state = self.cache.open(stream_id, entry, material)
+            return self.aggregate_class.from_snapshot(aggregate_id, entry.version, state), current, material
+        except (MalformedEventError, KeyError, TypeError, ValueError) as exc:
+            logger.warning("cache entry for %s at version %d is not used (%s); loading from the store",
+                           stream_id, entry.version, exc)
             self.cache.delete([stream_id])
-            return None, None
+            return None, None, None
 
     def _version_at(self, stream_id: str, moment: datetime) -> int:
-        from ..models import Event
-
-        if moment.tzinfo is None:
-            raise EventStoreError("the point in time must be timezone-aware")
-        return (Event.objects.filter(stream_id=stream_id, occurred_at__lte=moment).order_by("-version")
-                .values_list("version", flat=True).first()) or 0
+        if not isinstance(moment, datetime) or moment.tzinfo is None:
+            raise EventStoreError("the point in time must be a timezone-aware datetime")
+        return self.event_store.recorder.version_at(stream_id, moment)

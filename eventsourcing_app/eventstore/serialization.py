@@ -14,6 +14,7 @@ import dataclasses
 import decimal
 import enum
 import json
+import os
 import re
 import types
 import typing
@@ -25,11 +26,11 @@ from typing import Any, Callable
 from ..domain.events import DomainEvent, event_classes
 from .errors import (
     EventSerializationError,
+    EventStoreError,
     InvalidStreamIdError,
     MalformedEventError,
     UnknownEventTypeError,
 )
-from ..privacy.cipher import decrypt_fields, has_envelopes
 from .records import StoredEvent
 
 STREAM_ID_MAX_LENGTH = 200
@@ -53,11 +54,35 @@ def parse_stream_id(stream_id: object) -> tuple[str, str]:
     return match.group("type"), match.group("id")
 
 
+def subject_name(subject_type: str, subject_id: str) -> str:
+    """The key name of a data subject: "child:child-123"."""
+    return f"{subject_type}:{subject_id}"
+
+
+def data_subject_of(event: DomainEvent) -> str:
+    """"child:child-123": the subject whose key protects the event's personal data."""
+    cls = type(event)
+    if cls.data_subject is None:
+        raise EventStoreError(f"{cls.event_type} has sensitive fields but no data_subject to encrypt them for")
+    subject_type, field_name = cls.data_subject
+    subject_id = getattr(event, field_name, None)
+    if not subject_id or not isinstance(subject_id, str):
+        raise EventStoreError(
+            f"{cls.event_type}.{field_name} must name the {subject_type} whose key encrypts its personal data, "
+            f"not {subject_id!r}")
+    return subject_name(subject_type, subject_id)
+
+
 # --- JSON encoding -----------------------------------------------------------------
 
-def _to_json_value(value: Any, path: str) -> Any:
+MAX_NESTING = 32  # lists and dicts inside a payload; deeper is a mistake, not data
+
+
+def _to_json_value(value: Any, path: str, depth: int = 0) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
+    if depth >= MAX_NESTING and isinstance(value, (list, tuple, dict)):
+        raise EventSerializationError(f"field {path} is nested more than {MAX_NESTING} levels deep; flatten it")
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise EventSerializationError(f"field {path} is {value!r}, which JSON cannot hold")
@@ -73,16 +98,17 @@ def _to_json_value(value: Any, path: str) -> Any:
     if isinstance(value, enum.Enum):
         return _to_json_value(value.value, path)
     if isinstance(value, (list, tuple)):
-        return [_to_json_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_to_json_value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EventSerializationError(f"field {path} has a key {key!r} that is not a string")
-            out[key] = _to_json_value(item, f"{path}.{key}")
+            out[key] = _to_json_value(item, f"{path}.{key}", depth + 1)
         return out
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_json_value(getattr(value, f.name), f"{path}.{f.name}") for f in dataclasses.fields(value)}
+        return {f.name: _to_json_value(getattr(value, f.name), f"{path}.{f.name}", depth + 1)
+                for f in dataclasses.fields(value)}
     raise EventSerializationError(
         f"field {path} holds a {type(value).__module__}.{type(value).__qualname__}, which cannot be stored as JSON; "
         "use str, int, float, bool, None, datetime, date, UUID, Decimal, Enum, list, dict or a dataclass"
@@ -98,8 +124,40 @@ def json_data(event: DomainEvent) -> dict:
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def canonical_json(data: dict) -> bytes:
-    return _CANONICAL.encode(data).encode("utf-8")
+def canonical_json(data: dict, what: str = "payload") -> bytes:
+    try:
+        return _CANONICAL.encode(data).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: not valid Unicode
+        where = _find_invalid_text(data, what) or what
+        raise EventSerializationError(
+            f"field {where} is not valid Unicode (a lone surrogate U+{ord(exc.object[exc.start]):04X}); "
+            "decode the text properly before storing it") from None
+
+
+def _find_invalid_text(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) that cannot be encoded as UTF-8; only on errors."""
+    def invalid(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+            return False
+        except UnicodeEncodeError:
+            return True
+
+    if isinstance(value, str):
+        return path if invalid(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if invalid(key):
+                return f"{path} (a key)"
+            found = _find_invalid_text(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _find_invalid_text(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def encode_payload(event: DomainEvent) -> bytes:
@@ -138,6 +196,21 @@ class EventTypeRegistry:
 
     def __init__(self) -> None:
         self._upcasters: dict[tuple[str, int], Callable[[dict], dict]] = {}
+        # Opens encrypted fields (eventsourcing_app.privacy): the configured one, per process.
+        self._protection = None
+        self._protection_pid = None
+
+    @property
+    def field_protection(self):
+        if self._protection is None or self._protection_pid != os.getpid():
+            from .configured import get_field_protection
+
+            self._protection, self._protection_pid = get_field_protection(), os.getpid()
+        return self._protection
+
+    @field_protection.setter
+    def field_protection(self, protection) -> None:
+        self._protection, self._protection_pid = protection, os.getpid()
 
     def upcaster(self, event_type: str, from_version: int) -> Callable[[Callable[[dict], dict]], Callable[[dict], dict]]:
         """Registers `fn(data_at_from_version) -> data_at_from_version_plus_1`."""
@@ -187,9 +260,9 @@ class EventTypeRegistry:
             raise MalformedEventError(f"{where}: payload is not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise MalformedEventError(f"{where}: payload is a JSON {type(data).__name__}, expected an object")
-        if meta.data_subject is not None and has_envelopes(data):
-            key = _subject_keys().key_for_reading(meta.data_subject, stored.subject_key)
-            data = decrypt_fields(data, key, meta.data_subject, meta.event_id)  # erased: fields read None
+        if meta.data_subject is not None:
+            # Erased subject: the encrypted fields read as None.
+            data = self.field_protection.open(data, meta.data_subject, stored.subject_key, meta.event_id)
 
         # Lift the stored shape one schema version at a time, as a dict or as an object.
         version = meta.schema_version
@@ -234,12 +307,6 @@ class EventTypeRegistry:
             f"unknown event type {event_type!r}: no DomainEvent subclass defines it; "
             "import the module that defines it before loading"
         )
-
-
-def _subject_keys():
-    from ..privacy.keys import get_subject_keys  # the key store needs Django; plain decoding does not
-
-    return get_subject_keys()
 
 
 registry = EventTypeRegistry()

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db.models import Count, Max, Min
 
 from ..domain.aggregate import EventSourcedAggregate
 from .errors import EventStoreError
@@ -32,16 +31,20 @@ class StreamInfo:
 
 
 class EventSourcingService:
-    def __init__(self, event_store: EventStore, snapshot_store: SnapshotStore) -> None:
+    def __init__(self, event_store: EventStore, snapshot_store: SnapshotStore, *, cache=None,
+                 snapshot_scheduler=None) -> None:
         self.event_store = event_store
         self.snapshot_store = snapshot_store
+        self.cache = cache  # None: the configured cache
+        self.snapshot_scheduler = snapshot_scheduler
         self._repositories: dict[type, EventSourcingRepositoryImpl] = {}
 
     def get_repository(self, aggregate_class: type[A]) -> EventSourcingRepositoryImpl[A]:
         repository = self._repositories.get(aggregate_class)
         if repository is None:
             repository = EventSourcingRepositoryImpl(aggregate_class, event_store=self.event_store,
-                                                     snapshot_store=self.snapshot_store)
+                                                     snapshot_store=self.snapshot_store, cache=self.cache,
+                                                     snapshot_scheduler=self.snapshot_scheduler)
             self._repositories[aggregate_class] = repository
         return repository
 
@@ -55,18 +58,13 @@ class EventSourcingService:
         return self.get_repository(aggregate_class).load_sync(aggregate_id, version=version, as_of=as_of)
 
     def get_stream_info_sync(self, stream_id: str) -> StreamInfo:
-        from ..models import Snapshot, Stream
-
         parse_stream_id(stream_id)
-        stream = Stream.objects.filter(pk=stream_id).values_list("version", "published_version").first()
-        if stream is None:
+        info = self.event_store.recorder.stream_info(stream_id)
+        if info is None:
             raise AggregateNotFoundError(f"{stream_id} does not exist")
-        events = Stream.objects.filter(pk=stream_id).aggregate(
-            count=Count("events"), first=Min("events__occurred_at"), last=Max("events__occurred_at"))
-        snapshot = (Snapshot.objects.filter(stream_id=stream_id).order_by("-version")
-                    .values_list("version", "created_at").first()) or (None, None)
-        return StreamInfo(stream_id, stream[0], events["count"], events["first"], events["last"], stream[1],
-                          snapshot[0], snapshot[1])
+        stream = info["stream"]
+        return StreamInfo(stream_id, stream.version, info["count"], info["first"], info["last"],
+                          stream.published_version, info["snapshot_version"], info["snapshot_at"])
 
     def create_snapshot_sync(self, aggregate_class: type[A], aggregate_id: str) -> SnapshotRecord:
         """Snapshots the aggregate at its current version, now."""

@@ -10,44 +10,64 @@ are handed to Kafka; whatever Kafka has not acknowledged stays in the outbox for
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Literal, Sequence
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 
 from ..domain.events import DomainEvent
 from ..observability import current_actor, current_causation_id, current_correlation_id
-from ..privacy.fields import data_subject_of, encrypt_sensitive_fields
-from ..privacy.keys import get_subject_keys
 from .errors import (
     ConcurrencyError,
     DuplicateEventError,
     EventStoreError,
     EventTooLargeError,
+    StoreUnavailableError,
+    StreamClosedError,
+    SubjectErasedError,
     UnknownStreamTypeError,
 )
 from .integrity import content_digest
+from .ports import FieldProtection, KafkaCopyReader, Publisher
 from .records import AppendResult, EventMetadata, ExpectedVersion, StoredEvent
-from .recorders import DjangoRecorder, PendingEvent
-from .serialization import canonical_json, parse_stream_id, registry
+from .recorders import AppendOutcome, DjangoRecorder, PendingEvent
+from .serialization import canonical_json, data_subject_of, json_data, parse_stream_id, registry
 
 logger = logging.getLogger(__name__)
 
 _VALID_EXPECTATIONS = {int(e) for e in ExpectedVersion}
-_HEADER_OVERHEAD = 1024  # Kafka record headers (the metadata) on top of the payload
 _ID_LIMITS = {"correlation_id": 100, "causation_id": 100, "actor": 200}
+# Control characters (C0, DEL, C1) and lone surrogates: no metadata value may hold them.
+_BAD_METADATA = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What a Kafka record adds to the payload, apart from the values counted per event: header
+# names (about 140 bytes), numbers, the chain hash, the timestamp, length prefixes, the record
+# and batch framing. Generous on purpose: an event must never be too large for Kafka.
+_KAFKA_FIXED_OVERHEAD = 512
+_KEY_ATTEMPTS = 3
 
 
 class EventStore:
     def __init__(self, *, recorder: DjangoRecorder, stream_types: Sequence[str], max_event_bytes: int,
-                 publisher=None, kafka_settings=None) -> None:
+                 publisher: Publisher | None = None, kafka_settings=None,
+                 field_protection: FieldProtection | None = None, kafka_reader: KafkaCopyReader | None = None) -> None:
         self.recorder = recorder
         self.stream_types = frozenset(stream_types)
         self.max_event_bytes = max_event_bytes
         self.publisher = publisher
         self.kafka_settings = kafka_settings
+        self._field_protection = field_protection
+        self.kafka_reader = kafka_reader
+
+    @property
+    def field_protection(self) -> FieldProtection:
+        if self._field_protection is None:
+            from .configured import get_field_protection
+
+            self._field_protection = get_field_protection()
+        return self._field_protection
 
     # --- append ---------------------------------------------------------------------
 
@@ -69,30 +89,29 @@ class EventStore:
             "actor": actor if actor is not None else current_actor(),
         }
         for name, value in context.items():
-            if value is not None and (not isinstance(value, str) or not value or len(value) > _ID_LIMITS[name]):
-                raise EventStoreError(f"{name} must be a non-empty string of at most {_ID_LIMITS[name]} characters")
-        keys = _AppendKeys(get_subject_keys())
-        pending = self._prepare(stream_id, events, context, keys)
-        outcome = self.recorder.append(stream_id, stream_type, int(expected_version), _now(), pending, keys.new)
-        if outcome.outcome == "key_exists":
-            # Another process made this subject's key first: encrypt with that one instead.
-            keys = _AppendKeys(get_subject_keys(), allow_new=False)
+            _check_metadata(name, value)
+        keys = self.field_protection.for_append()
+        for _ in range(_KEY_ATTEMPTS):
             pending = self._prepare(stream_id, events, context, keys)
-            outcome = self.recorder.append(stream_id, stream_type, int(expected_version), _now(), pending, None)
-        if keys.new is not None and outcome.outcome == "appended":
-            # Only once the key row is committed: a rolled-back key must never encrypt anything.
-            new = keys.new
-            transaction.on_commit(lambda: get_subject_keys().remember(new.subject, new.key), using=self.recorder.alias)
-        if outcome.outcome == "conflict":
-            raise ConcurrencyError(stream_id, ExpectedVersion.describe(int(expected_version)), outcome.stream_version)
-        first = outcome.stream_version - len(pending) + 1
-        result = AppendResult(stream_id, first, outcome.stream_version, outcome.positions,
-                              idempotent=outcome.outcome == "idempotent")
+            outcome = self._record(stream_id, stream_type, int(expected_version), pending, keys.new_key)
+            if outcome.outcome not in ("key_exists", "key_missing"):
+                break
+            # Another process stored this subject's key first, or a key this process made was
+            # rolled back with its transaction: encrypt again with the stored key.
+            keys = keys.retry(outcome.outcome, outcome.detail)
+        else:
+            raise EventStoreError(f"the data key of {outcome.detail} changed during {_KEY_ATTEMPTS} attempts to "
+                                  f"append to {stream_id}; retry the append")
+        result = self._result(stream_id, expected_version, pending, outcome)
+        if outcome.outcome == "appended":
+            keys.stored()
         if result.idempotent:
-            logger.info("re-append of %d events to %s at version %d was already stored", len(pending), stream_id, first)
+            logger.info("re-append of %d events to %s at version %d was already stored", len(pending), stream_id,
+                        result.first_version)
             return result
         logger.debug("appended %d events to %s (version %d)", len(pending), stream_id, result.last_version)
         if self.publisher is not None:
+            first = result.first_version
             stored = [
                 StoredEvent(
                     metadata=_metadata(stream_id, first + i, p, outcome.positions[i]),
@@ -101,19 +120,48 @@ class EventStore:
                 )
                 for i, p in enumerate(pending)
             ]
-            publisher, published = self.publisher, outcome.published_version
-            transaction.on_commit(lambda: publisher.publish_appended(stream_id, first, published, stored),
-                                  using=self.recorder.alias)
+            publisher, published, epoch = self.publisher, outcome.published_version, outcome.epoch
+            # After the commit, and never failing the append: whatever the producer does, the
+            # events are committed and the outbox relay publishes what this hand-off did not.
+            transaction.on_commit(lambda: publisher.publish_appended(stream_id, first, published, stored, epoch),
+                                  using=self.recorder.alias, robust=True)
         return result
 
-    def _prepare(self, stream_id: str, events: Sequence[DomainEvent], context: dict,
-                 keys: "_AppendKeys") -> list[PendingEvent]:
+    def _record(self, stream_id, stream_type, expected, pending, new_key) -> AppendOutcome:
+        try:
+            return self.recorder.append(stream_id, stream_type, expected, pending, new_key)
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreUnavailableError(
+                f"the database connection failed during the append to {stream_id} ({_first_line(exc)}); whether it "
+                "was stored is unknown: retry the same append (re-appending the same events is idempotent)") from exc
+        except DatabaseError as exc:
+            raise EventStoreError(f"the database refused the append to {stream_id}: {_first_line(exc)}") from exc
+
+    def _result(self, stream_id, expected, pending, outcome: AppendOutcome) -> AppendResult:
+        kind = outcome.outcome
+        if kind == "conflict":
+            raise ConcurrencyError(stream_id, ExpectedVersion.describe(int(expected)), outcome.stream_version)
+        if kind == "duplicate":
+            raise DuplicateEventError(f"{outcome.detail}; an event id can be stored once: give new events new ids")
+        if kind == "closed":
+            raise StreamClosedError(stream_id, outcome.detail)
+        if kind == "erased":
+            self.field_protection.forget(outcome.detail)
+            raise SubjectErasedError(f"the personal data of {outcome.detail} was erased; no new personal data can be "
+                                     f"stored for it (nothing was appended to {stream_id})")
+        if kind not in ("appended", "idempotent"):
+            raise EventStoreError(f"unexpected append outcome {kind!r} for {stream_id}")
+        first = outcome.stream_version - len(pending) + 1
+        return AppendResult(stream_id, first, outcome.stream_version, outcome.positions, idempotent=kind == "idempotent")
+
+    def _prepare(self, stream_id: str, events: Sequence[DomainEvent], context: dict, keys) -> list[PendingEvent]:
         if isinstance(events, DomainEvent) or not isinstance(events, (list, tuple)):
             raise EventStoreError("events must be a list of DomainEvent instances")
         if not events:
             raise EventStoreError(f"nothing to append to {stream_id}: the list of events is empty")
         pending: list[PendingEvent] = []
         seen: set[uuid.UUID] = set()
+        metadata_bytes = sum(len(v) for v in context.values() if v) + 2 * len(stream_id)
         for event in events:
             cls = registry.ensure_writable(event)
             try:
@@ -127,12 +175,16 @@ class EventStore:
             if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
                 raise EventStoreError(f"{cls.event_type}.occurred_at must be a timezone-aware datetime")
             occurred_at = occurred_at.astimezone(timezone.utc)
-            subject = data_subject_of(event) if cls.sensitive_fields else None
-            payload = canonical_json(encrypt_sensitive_fields(event, encryption_key=keys, subject=subject))
-            size = len(payload) + _HEADER_OVERHEAD
+            data = json_data(event)
+            subject = None
+            if cls.sensitive_fields:
+                subject = data_subject_of(event)
+                data = keys.encrypt(data, cls.sensitive_fields, subject, str(event_id))
+            payload = canonical_json(data, cls.event_type)
+            size = len(payload) + metadata_bytes + len(cls.event_type) + len(subject or "") + _KAFKA_FIXED_OVERHEAD
             if size > self.max_event_bytes:
                 raise EventTooLargeError(
-                    f"{cls.event_type} for {stream_id} is {size} bytes serialized, over the limit of "
+                    f"{cls.event_type} for {stream_id} is {size} bytes as a Kafka record, over the limit of "
                     f"{self.max_event_bytes} (EVENTSTORE_MAX_EVENT_BYTES); store large content elsewhere "
                     "and put a reference in the event"
                 )
@@ -160,7 +212,11 @@ class EventStore:
         for name, value in (("from_version", from_version), ("to_version", to_version)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise EventStoreError(f"{name} must be a whole number of 0 or more, not {value!r}")
-        events = self.recorder.load(stream_id, max(from_version, 1), to_version)
+        try:
+            events = self.recorder.load(stream_id, max(from_version, 1), to_version)
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreUnavailableError(f"the database connection failed while loading {stream_id} "
+                                        f"({_first_line(exc)}); retry") from exc
         if source == "mirror":
             return events
         if source != "kafka":
@@ -168,16 +224,16 @@ class EventStore:
         return self._load_from_kafka(stream_id, events)
 
     def _load_from_kafka(self, stream_id: str, mirror: list[StoredEvent]) -> list[StoredEvent]:
-        from ..kafka.reader import read_positions, stored_event_from_message
-
+        if self.kafka_reader is None:
+            raise EventStoreError("this event store has no Kafka reader; build it with the app's bootstrap")
         unpublished = [e.version for e in mirror if e.kafka_position is None]
         if unpublished:
             raise EventStoreError(
                 f"stream {stream_id} versions {unpublished[0]}..{unpublished[-1]} are not yet acknowledged by Kafka "
                 "(run `manage.py relay_outbox`, then read again)"
             )
-        messages = read_positions(self.kafka_settings, [e.kafka_position for e in mirror])
-        return [stored_event_from_message(messages[e.kafka_position]) for e in mirror if e.kafka_position in messages]
+        found = self.kafka_reader([e.kafka_position for e in mirror])
+        return [found[e.kafka_position] for e in mirror if e.kafka_position in found]
 
     def get_stream_version_sync(self, stream_id: str) -> int:
         """The version of the stream's last event; 0 if the stream has none."""
@@ -226,25 +282,20 @@ class EventStore:
             )
 
 
-class _AppendKeys:
-    """The data keys of one append: those this process holds, plus at most one new key, which
-    the append statement itself stores (no extra round trip for a new child)."""
+def _check_metadata(name: str, value: object) -> None:
+    if value is None:
+        return
+    limit = _ID_LIMITS[name]
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise EventStoreError(f"{name} must be a non-empty string of at most {limit} characters, not {value!r:.120}")
+    bad = _BAD_METADATA.search(value)
+    if bad:
+        raise EventStoreError(f"{name} holds U+{ord(bad.group()):04X} at position {bad.start()}, a control character "
+                              "or a lone surrogate; metadata must be printable text")
 
-    def __init__(self, subject_keys, allow_new: bool = True) -> None:
-        self.subject_keys = subject_keys
-        self.allow_new = allow_new
-        self.new = None
 
-    def key_for_writing(self, subject: str) -> bytes:
-        key = self.subject_keys.cached_key_for_writing(subject)
-        if key is not None:
-            return key
-        if self.new is not None and self.new.subject == subject:
-            return self.new.key
-        if self.allow_new and self.new is None:
-            self.new = self.subject_keys.new_key(subject)
-            return self.new.key
-        return self.subject_keys.key_for_writing(subject)
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _metadata(stream_id: str, version: int, pending: PendingEvent, position: int) -> EventMetadata:
@@ -254,7 +305,3 @@ def _metadata(stream_id: str, version: int, pending: PendingEvent, position: int
         schema_version=pending.schema_version, actor=pending.actor, global_position=position,
         data_subject=pending.data_subject,
     )
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)

@@ -9,9 +9,13 @@ already acknowledged (the stream's `published_version`) or was handed to this sa
 just before it (the producer keeps per-partition order). Anything else is left to the
 outbox relay, which publishes from the first unacknowledged version on.
 
-Faults (see TANSU.md): a send reported as timed out may still have been written, so
-publication is at-least-once and consumers skip duplicates by stream version / event id. After
-a fatal error or a timeout the producer is replaced, never retried forever.
+Faults: a send reported as timed out may still have been written, so publication is
+at-least-once and consumers skip duplicates by stream version / event id. After a fatal
+error, a timeout or any unexpected producer error the producer is replaced (a producer that
+lost its broker's state, e.g. UNKNOWN_PRODUCER_ID after a restart, never recovers by itself),
+and a background thread that died is started again. An event Kafka refuses for good (too
+large, unknown topic) is a poison event: recorded, logged once with what to do, counted, and
+left for the relay to retry now and then; it never blocks other streams.
 """
 from __future__ import annotations
 
@@ -20,15 +24,14 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from django.db import close_old_connections, connections
 
 from ..eventstore.integrity import canonical_timestamp
-from ..eventstore.recorders import DjangoRecorder, Publication
-from ..eventstore.records import StoredEvent
+from ..eventstore.recorders import DjangoRecorder
+from ..eventstore.records import Publication, StoredEvent
 from .config import KafkaSettings
 from .topics import check_topics
 
@@ -39,6 +42,12 @@ _RETRY_CONNECT_SECONDS = 2.0
 # at once when this many wait, or when somebody flushes. One UPDATE per batch, not per event.
 _RECORD_INTERVAL_SECONDS = 0.05
 _RECORD_BATCH = 5000
+# Refusals that no retry can cure: the event itself does not fit, or its topic is not there.
+PERMANENT_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_MSG, KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.INVALID_RECORD,
+})
 
 
 def event_headers(stored: StoredEvent) -> list[tuple[str, bytes]]:
@@ -71,7 +80,9 @@ class EventPublisher:
         self._replace = False
         self._last_connect_attempt = 0.0
         self._connecting = False
-        self._tails: dict[str, int] = {}  # stream -> last version handed to the current producer
+        # stream -> (last version handed to the current producer, the stream's publication epoch
+        # then): another epoch later means a refill republishes the stream from its start.
+        self._tails: dict[str, tuple[int, int]] = {}
         self._acks: queue.SimpleQueue[Publication] = queue.SimpleQueue()
         self._outstanding = 0  # handed to the producer, not yet recorded or failed
         self._idle = threading.Condition()
@@ -81,35 +92,61 @@ class EventPublisher:
         self._flushing = 0
         self._unreported_failures = 0
         self._last_failure_report = 0.0
-        # Started last: it reads every attribute above.
+        self.replacements = 0  # producers replaced after faults (metric-ready)
+        self.poison_events = 0  # events Kafka refused for good (metric-ready)
+        self.last_error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._start_thread()  # last: it reads every attribute above
+        atexit.register(self.close)
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="eventstore-publisher", daemon=True)
         self._thread.start()
-        atexit.register(self.close)
+
+    def _ensure_thread(self) -> None:
+        """A background thread that died (it must not, but faults are inventive) is replaced."""
+        if not self._stopped.is_set() and (self._thread is None or not self._thread.is_alive()):
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    logger.error("the Kafka publisher's background thread had stopped; starting it again")
+                    self._start_thread()
 
     # --- producing ---------------------------------------------------------------
 
     def publish_appended(self, stream_id: str, first_version: int, published_version: int | None,
-                         events: Sequence[StoredEvent]) -> bool:
+                         events: Sequence[StoredEvent], epoch: int | None = 0) -> bool:
         """Publishes a fresh append if that keeps stream order; False leaves it to the relay."""
+        self._ensure_thread()
         with self._lock:
-            before = first_version - 1
-            if (published_version or 0) != before and self._tails.get(stream_id) != before:
+            before, epoch = first_version - 1, epoch or 0
+            tail = self._tails.get(stream_id)
+            if tail is not None and tail[1] != epoch:
+                # A refill republishes the stream from its start: nothing may overtake that.
+                del self._tails[stream_id]
+                tail = None
+            if (published_version or 0) != before and (tail is None or tail[0] != before):
                 return False
-            return self._produce(events)
+            return self._produce(events, {stream_id: epoch})
 
-    def publish_backlog(self, events: Sequence[StoredEvent]) -> bool:
-        """Publishes events in the given (per-stream version) order; used by the relay."""
+    def publish_backlog(self, events: Sequence[StoredEvent], epochs: dict[str, int]) -> bool:
+        """Publishes events in the given (per-stream version) order, each stream in the
+        publication epoch given; used by the relay and the refill."""
+        self._ensure_thread()
         with self._lock:
-            return self._produce(events)
+            return self._produce(events, epochs)
 
-    def _produce(self, events: Sequence[StoredEvent]) -> bool:
+    def _produce(self, events: Sequence[StoredEvent], epochs: dict[str, int]) -> bool:
         producer = self._current_producer()
         if producer is None:
             return False
+        refused: set[str] = set()  # a stream with a poison event: nothing after it is sent now
         for stored in events:
             meta = stored.metadata
+            if meta.stream_id in refused:
+                continue
             topic = self.settings.event_topic(meta.stream_id.split(".", 1)[0])
-            publication = (meta.global_position, meta.stream_id, meta.version)
+            epoch = epochs.get(meta.stream_id, 0)
+            publication = (meta.global_position, meta.stream_id, meta.version, epoch)
             with self._idle:
                 self._outstanding += 1
             while True:
@@ -123,30 +160,66 @@ class EventPublisher:
                     producer.poll(0.05)
                 except KafkaException as exc:
                     self._failed(meta.stream_id)
-                    logger.warning("could not hand %s v%s to Kafka: %s; the outbox relay will retry",
-                                   meta.stream_id, meta.version, exc)
+                    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                    if error is not None and error.code() in PERMANENT_ERRORS:
+                        self._poison(publication, error)
+                        refused.add(meta.stream_id)
+                        break
+                    self._replace_producer(f"could not hand {meta.stream_id} v{meta.version} to Kafka: {exc}")
                     return False
-            self._tails[meta.stream_id] = meta.version
+                except Exception as exc:  # noqa: BLE001 - whatever it is, a new producer is the cure
+                    self._failed(meta.stream_id)
+                    self._replace_producer(f"unexpected producer error: {exc!r}")
+                    return False
+            if meta.stream_id not in refused:
+                self._tails[meta.stream_id] = (meta.version, epoch)
         if len(self._tails) > 100_000:  # bounded memory; a forgotten tail only means a relay hop
             self._tails.clear()
         return True
 
+    def _replace_producer(self, reason: str) -> None:
+        if not self._replace:
+            logger.warning("%s; the producer will be replaced and the outbox relay republishes what waits", reason)
+        self.last_error = reason
+        self._replace = True
+
+    def _poison(self, publication: tuple[int, str, int, int], error: KafkaError) -> None:
+        position, stream_id, version, _ = publication
+        self.poison_events += 1
+        self._tails.pop(stream_id, None)
+        try:
+            attempts = self.recorder.record_poison(position, stream_id, version, f"{error.name()}: {error.str()}")
+        except Exception:  # noqa: BLE001 - the refusal is logged either way
+            logger.exception("could not record the poison event %s v%s", stream_id, version)
+            attempts = 1
+        if attempts == 1:
+            logger.error("Kafka refused %s v%s for good (%s: %s): the stream is held at version %s and the relay "
+                         "retries it now and then. Fix the cause (a topic with a lower max.message.bytes than "
+                         "EVENTSTORE_MAX_EVENT_BYTES, a missing topic: `manage.py provision_topics`); "
+                         "`manage.py relay_outbox --poison` lists what is held.",
+                         stream_id, version, error.name(), error.str(), version - 1)
+
     def publish_record(self, topic: str, key: str, value: bytes | None, headers: list[tuple[str, bytes]],
-                       timeout: float = 10.0) -> tuple[str, int, int] | None:
+                       timeout: float = 10.0, wait: bool = True) -> tuple[str, int, int] | None:
         """Produces one record (a snapshot, or a tombstone with value None) and waits for its
-        acknowledgement: (topic, partition, offset), or None if Kafka did not take it."""
-        if not self.ensure_connected(timeout):
+        acknowledgement: (topic, partition, offset), or None if Kafka did not take it. With
+        `wait=False` it returns None at once; a failed delivery is logged."""
+        if not self.ensure_connected(timeout if wait else 0.5):
             return None
         done, result = threading.Event(), []
 
         def delivered(err, msg):
             result.append(None if err is not None else (msg.topic(), msg.partition(), msg.offset()))
+            if err is not None and not wait:
+                logger.warning("Kafka did not take the record for %s in %s: %s", key, topic, err)
             done.set()
 
         try:
             self._producer.produce(topic, key=key.encode(), value=value, headers=headers, on_delivery=delivered)
         except (BufferError, KafkaException) as exc:
             logger.warning("could not hand a record for %s to Kafka: %s", key, exc)
+            return None
+        if not wait:
             return None
         if not done.wait(timeout):
             return None
@@ -182,7 +255,8 @@ class EventPublisher:
             self._tails.clear()
         try:
             if old is not None:
-                logger.warning("replacing the Kafka producer after a fatal error or a timeout")
+                self.replacements += 1
+                logger.warning("replacing the Kafka producer (%s)", self.last_error or "after a fault")
                 old.purge()  # their delivery reports fail; those events stay in the outbox
                 old.flush(2.0)  # serves those reports
                 unreported = len(old)
@@ -195,7 +269,10 @@ class EventPublisher:
                                 logger=logging.getLogger("librdkafka"))
             with self._lock:
                 self._producer = producer
+            if old is not None:
+                logger.info("a new Kafka producer is connected; publishing resumes")
         except Exception as exc:  # broker down or topics wrong: events wait in the outbox
+            self.last_error = str(exc)
             logger.warning("Kafka is not available for publishing (%s); events wait in the outbox", exc)
         finally:
             self._connecting = False
@@ -203,18 +280,25 @@ class EventPublisher:
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             logger.error("fatal Kafka producer error %s; the producer will be replaced", err)
+            self.last_error = str(err)
             self._replace = True
         else:
             logger.debug("Kafka producer error %s", err)
 
-    def _delivered(self, err: KafkaError | None, msg, publication: tuple[int, str, int]) -> None:
-        position, stream_id, version = publication
+    def _delivered(self, err: KafkaError | None, msg, publication: tuple[int, str, int, int]) -> None:
+        position, stream_id, version, epoch = publication
         if err is None:
-            self._acks.put(Publication(position, stream_id, version, msg.topic(), msg.partition(), msg.offset()))
+            self._acks.put(Publication(position, stream_id, version, msg.topic(), msg.partition(), msg.offset(), epoch))
             return
         self.errors += 1
         self._unreported_failures += 1
-        if err.code() == KafkaError._MSG_TIMED_OUT or err.fatal():
+        if err.code() in PERMANENT_ERRORS:
+            self._poison(publication, err)
+            self._failed(stream_id)
+            return
+        if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
+            # A timeout, a fatal error, or anything else unexpected: a fresh producer.
+            self.last_error = str(err)
             self._replace = True
         if self._unreported_failures == 1:
             logger.warning("Kafka did not acknowledge %s v%s (%s); it waits in the outbox for the relay",
@@ -232,25 +316,34 @@ class EventPublisher:
     def _serve(self) -> None:
         try:
             while not self._stopped.is_set():
-                if (self._producer is None or self._replace) and self._last_connect_attempt and \
-                        time.monotonic() - self._last_connect_attempt > _RETRY_CONNECT_SECONDS:
-                    self._connect()
-                producer = self._producer
-                if producer is not None:
-                    producer.poll(0.01)
-                else:
-                    time.sleep(0.01)
-                waiting = self._acks.qsize()
-                if waiting:
-                    now = time.monotonic()
-                    self._first_ack_waiting = self._first_ack_waiting or now
-                    if (waiting >= _RECORD_BATCH or self._flushing
-                            or now - self._first_ack_waiting >= _RECORD_INTERVAL_SECONDS):
-                        self._record_acks()
-                        self._first_ack_waiting = 0.0
-                self._report_failures()
+                try:
+                    self._serve_once()
+                except KafkaException as exc:  # e.g. a fatal error raised from poll()
+                    self._replace_producer(f"the Kafka producer failed: {exc}")
+                except Exception:  # noqa: BLE001 - this thread must outlive any surprise
+                    logger.exception("the Kafka publisher's background thread hit an error; it goes on")
+                    time.sleep(0.1)
         finally:
             connections.close_all()
+
+    def _serve_once(self) -> None:
+        if (self._producer is None or self._replace) and self._last_connect_attempt and \
+                time.monotonic() - self._last_connect_attempt > _RETRY_CONNECT_SECONDS:
+            self._connect()
+        producer = self._producer
+        if producer is not None:
+            producer.poll(0.01)
+        else:
+            time.sleep(0.01)
+        waiting = self._acks.qsize()
+        if waiting:
+            now = time.monotonic()
+            self._first_ack_waiting = self._first_ack_waiting or now
+            if (waiting >= _RECORD_BATCH or self._flushing
+                    or now - self._first_ack_waiting >= _RECORD_INTERVAL_SECONDS):
+                self._record_acks()
+                self._first_ack_waiting = 0.0
+        self._report_failures()
 
     def _report_failures(self) -> None:
         """One summary line every few seconds instead of a line per failed send."""
@@ -270,8 +363,8 @@ class EventPublisher:
         if not batch:
             return
         try:
-            close_old_connections()
-            self.recorder.record_publications(batch, datetime.now(timezone.utc))
+            close_old_connections()  # a connection lost earlier is replaced, not reused
+            self.recorder.record_publications(batch)
         except Exception:
             logger.exception("could not record %d Kafka positions; the relay will publish those events again", len(batch))
         with self._idle:
@@ -280,6 +373,7 @@ class EventPublisher:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Waits until everything handed over is acknowledged and recorded (or failed)."""
+        self._ensure_thread()
         deadline = time.monotonic() + timeout
         self._flushing += 1
         try:

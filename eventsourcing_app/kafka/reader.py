@@ -96,3 +96,14 @@ def scan_topic(settings: KafkaSettings, topic: str, starts: dict[int, int], time
                     raise KafkaException(err)
     finally:
         consumer.close()
+
+
+class KafkaEventReader:
+    """Reads stored events back from Kafka at given positions (the store's `source="kafka"`)."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+
+    def __call__(self, positions) -> dict[KafkaPosition, StoredEvent]:
+        return {position: stored_event_from_message(msg)
+                for position, msg in read_positions(self.settings, positions).items()}

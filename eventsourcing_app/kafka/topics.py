@@ -87,3 +87,65 @@ def check_topics(settings: KafkaSettings, timeout: float = 10.0) -> None:
             + ". Recreate the topic with the provisioned count (and refill it with `manage.py refill_kafka`) "
             "or set KAFKA_TOPIC_PARTITIONS to match."
         )
+
+
+def topic_record_counts(settings: KafkaSettings, topics, timeout: float = 10.0) -> dict[str, int]:
+    """Roughly how many records each topic holds (offsets between its low and high watermarks;
+    0 means empty). Missing topics count 0."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    admin = AdminClient(settings.admin_config())
+    metadata = admin.list_topics(timeout=timeout).topics
+    consumer = Consumer(settings.consumer_config(group_id="teddy-eventstore-watermarks"))
+    try:
+        counts = {}
+        for topic in topics:
+            meta = metadata.get(topic)
+            if meta is None or meta.error is not None:
+                counts[topic] = 0
+                continue
+            total = 0
+            for partition in meta.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+                total += max(high - low, 0)
+            counts[topic] = total
+        return counts
+    finally:
+        consumer.close()
+
+
+def recreate_topics(settings: KafkaSettings, topics, timeout: float = 60.0) -> None:
+    """Deletes the topics and creates them again, empty, with the provisioned configuration.
+    Kafka deletes asynchronously: creation is retried until it takes."""
+    import time
+
+    admin = AdminClient(settings.admin_config())
+    existing = admin.list_topics(timeout=15).topics
+    doomed = [t for t in topics if t in existing]
+    if doomed:
+        for topic, future in admin.delete_topics(doomed, operation_timeout=timeout).items():
+            try:
+                future.result(timeout=timeout)
+            except KafkaException as exc:
+                if exc.args and exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
+                    raise KafkaTopicError(f"could not delete topic {topic}: {exc}") from None
+    configs = _topic_configs(settings)
+    deadline = time.monotonic() + timeout
+    pending = list(topics)
+    while pending:
+        futures = admin.create_topics([NewTopic(t, num_partitions=settings.partitions,
+                                                replication_factor=settings.replication_factor,
+                                                config=configs.get(t, {})) for t in pending],
+                                      operation_timeout=timeout)
+        retry = []
+        for topic, future in futures.items():
+            try:
+                future.result(timeout=timeout)
+                logger.info("topic %s created again, empty", topic)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise KafkaTopicError(f"could not create topic {topic} again: {exc}") from None
+                retry.append(topic)  # still being deleted
+        pending = retry
+        if pending:
+            time.sleep(0.5)

@@ -1,9 +1,10 @@
-"""Verifying the audit trail: the hash chains of the mirror, and the mirror against Kafka.
+"""Verifying the audit trail: the hash chains of the mirror, its snapshots, and the mirror against Kafka.
 
 `verify_integrity()` recomputes every stream's chain from its first event (one ordered pass
-over the events table), checks the stream rows agree with their last event, and compares
-each published event with the Kafka record at its recorded position. It names the first
-stream and version that differ.
+over the events table), checks the stream rows agree with their last event, checks every
+snapshot's seal against the chain hash at its version, and compares each published event
+with the Kafka record at its recorded position. It names the first stream and version that
+differ. A stream that does not exist is an error, never "verified".
 """
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ from typing import Callable, Iterable, Iterator
 
 from confluent_kafka import KafkaException
 
-from ..eventstore.errors import MalformedEventError
+from ..eventstore.errors import IntegrityCheckError, MalformedEventError
 from ..eventstore.integrity import IntegrityProblem, verify_chain
-from ..eventstore.recorders import LOAD_COLUMNS, row_to_stored_event
+from ..eventstore.recorders import DjangoRecorder
 from ..eventstore.records import StoredEvent
 from ..eventstore.serialization import parse_stream_id
+from ..eventstore.snapshots import SnapshotStore
 from ..kafka.config import KafkaSettings
 from ..kafka.reader import scan_partition, stored_event_from_message
-from ..models import Event, Stream
 
 
 @dataclass
@@ -28,56 +29,69 @@ class VerificationReport:
     streams: int = 0
     events: int = 0
     chain_breaks: list[IntegrityProblem] = field(default_factory=list)
+    snapshot_problems: list[IntegrityProblem] = field(default_factory=list)
     kafka_differences: list[IntegrityProblem] = field(default_factory=list)
     unpublished: int = 0
     kafka_checked: int = 0
+    snapshots: int = 0
+
+    @property
+    def problems(self) -> list[IntegrityProblem]:
+        return self.chain_breaks + self.snapshot_problems + self.kafka_differences
 
     @property
     def ok(self) -> bool:
-        return not self.chain_breaks and not self.kafka_differences
+        return not self.problems
 
     @property
     def first_problem(self) -> IntegrityProblem | None:
-        problems = sorted(self.chain_breaks + self.kafka_differences, key=lambda p: (p.stream_id, p.version))
+        problems = sorted(self.problems, key=lambda p: (p.stream_id, p.version))
         return problems[0] if problems else None
 
 
 def verify_integrity(stream_id: str | None = None, *, kafka_settings: KafkaSettings | None = None,
-                     progress: Callable[[VerificationReport], None] | None = None) -> VerificationReport:
+                     progress: Callable[[VerificationReport], None] | None = None,
+                     recorder: DjangoRecorder | None = None,
+                     snapshot_store: SnapshotStore | None = None) -> VerificationReport:
     """Checks one stream, or every stream; compares with Kafka when `kafka_settings` is given."""
+    from ..eventstore.configured import get_event_store, get_snapshot_store
+
+    recorder = recorder or get_event_store().recorder
+    snapshot_store = snapshot_store or get_snapshot_store()
     report = VerificationReport()
-    events = Event.objects.order_by("stream_id", "version")
-    streams = Stream.objects.all()
     if stream_id is not None:
         parse_stream_id(stream_id)
-        events, streams = events.filter(stream_id=stream_id), streams.filter(stream_id=stream_id)
-    rows = events.values_list("stream_id", *LOAD_COLUMNS).iterator(chunk_size=5000)
-    grouped = itertools.groupby((row_to_stored_event(row[0], row[1:]) for row in rows), key=lambda e: e.metadata.stream_id)
+        if recorder.stream(stream_id) is None:
+            raise IntegrityCheckError(f"stream {stream_id} does not exist: nothing to verify (check the id; "
+                                      "`manage.py verify_integrity` without an id checks every stream)")
+    grouped = itertools.groupby(recorder.iter_stream_events(stream_id), key=lambda e: e.metadata.stream_id)
     batch: list[tuple[str, list[StoredEvent]]] = []
     for sid, stream_events in grouped:
         batch.append((sid, list(stream_events)))
         if len(batch) >= 500:
-            _check_streams(batch, report)
+            _check_streams(recorder, batch, report)
             batch = []
             if progress:
                 progress(report)
-    _check_streams(batch, report)
+    _check_streams(recorder, batch, report)
     # A stream row that claims events none of which exist any more.
-    for sid, version in streams.filter(version__gt=0, events__isnull=True).values_list("stream_id", "version"):
+    for sid, version in recorder.streams_without_events(stream_id):
         report.chain_breaks.append(IntegrityProblem(sid, 1, f"stream row says version {version}, but no event is stored"))
+    for row in recorder.iter_snapshots(stream_id):
+        report.snapshots += 1
+        problem = snapshot_store.check(row)
+        if problem is not None:
+            report.snapshot_problems.append(IntegrityProblem(row.stream_id, row.version, f"snapshot: {problem}"))
     if kafka_settings is not None:
-        _compare_with_kafka(kafka_settings, stream_id, report)
+        _compare_with_kafka(recorder, kafka_settings, stream_id, report)
     if progress:
         progress(report)
     return report
 
 
-def _check_streams(batch: list[tuple[str, list[StoredEvent]]], report: VerificationReport) -> None:
-    heads = {
-        sid: (version, bytes(last_hash))
-        for sid, version, last_hash in Stream.objects.filter(stream_id__in=[sid for sid, _ in batch])
-        .values_list("stream_id", "version", "last_hash")
-    }
+def _check_streams(recorder: DjangoRecorder, batch: list[tuple[str, list[StoredEvent]]],
+                   report: VerificationReport) -> None:
+    heads = recorder.stream_heads([sid for sid, _ in batch])
     for sid, events in batch:
         report.streams += 1
         report.events += len(events)
@@ -93,17 +107,11 @@ def _check_streams(batch: list[tuple[str, list[StoredEvent]]], report: Verificat
             report.chain_breaks.append(IntegrityProblem(sid, events[-1].version, "the stream row's last hash differs"))
 
 
-def _compare_with_kafka(settings: KafkaSettings, stream_id: str | None, report: VerificationReport) -> None:
-    events = Event.objects.all()
-    if stream_id is not None:
-        events = events.filter(stream_id=stream_id)
-    report.unpublished = events.filter(published_at__isnull=True).count()
-    partitions = (events.filter(published_at__isnull=False).order_by().values_list("kafka_topic", "kafka_partition")
-                  .distinct())
-    for topic, partition in sorted(partitions):
-        mirror_rows = (events.filter(kafka_topic=topic, kafka_partition=partition).order_by("kafka_offset")
-                       .values_list("stream_id", *LOAD_COLUMNS).iterator(chunk_size=5000))
-        mirror = (row_to_stored_event(row[0], row[1:]) for row in mirror_rows)
+def _compare_with_kafka(recorder: DjangoRecorder, settings: KafkaSettings, stream_id: str | None,
+                        report: VerificationReport) -> None:
+    report.unpublished = recorder.unpublished_count(stream_id)
+    for topic, partition in recorder.published_partitions(stream_id):
+        mirror = recorder.iter_partition_events(topic, partition, stream_id)
         _compare_partition(settings, topic, partition, mirror, report)
 
 

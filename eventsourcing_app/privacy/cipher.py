@@ -8,6 +8,9 @@ under the subject's data key. The associated data binds the ciphertext to its su
 event (or snapshot) and to the field name, so it cannot be moved elsewhere unnoticed. Once
 the subject's key is destroyed, the field reads as None (redacted) wherever the bytes are:
 mirror, Kafka, snapshots, caches, backups.
+
+Keys are passed as AES-GCM contexts (made once per key by the key store, which bounds how many
+it keeps and for how long); raw key bytes are accepted too, for one-off use.
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ ENVELOPE_MARK = "$enc"
 NONCE_BYTES = 12
 _NONCE_POOL_BYTES = NONCE_BYTES * 4096
 _nonces = threading.local()
-_aeads: dict[bytes, AESGCM] = {}
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
@@ -39,13 +41,8 @@ def _nonce() -> bytes:
     return pool[:NONCE_BYTES]
 
 
-def _aead(key: bytes) -> AESGCM:
-    aead = _aeads.get(key)
-    if aead is None:
-        if len(_aeads) > 10_000:
-            _aeads.clear()
-        aead = _aeads[key] = AESGCM(key)
-    return aead
+def _aead(key: AESGCM | bytes) -> AESGCM:
+    return key if isinstance(key, AESGCM) else AESGCM(key)
 
 
 def is_envelope(value: Any) -> bool:
@@ -56,7 +53,7 @@ def _aad(subject: str, context: str, field: str) -> bytes:
     return f"{subject}\x1f{context}\x1f{field}".encode()
 
 
-def encrypt_fields(data: dict, fields: Iterable[str], key: bytes, subject: str, context: str) -> dict:
+def encrypt_fields(data: dict, fields: Iterable[str], key: AESGCM | bytes, subject: str, context: str) -> dict:
     """A copy of `data` with the given fields (those present) replaced by envelopes."""
     out = dict(data)
     aead = _aead(key)
@@ -72,7 +69,7 @@ def encrypt_fields(data: dict, fields: Iterable[str], key: bytes, subject: str, 
     return out
 
 
-def decrypt_fields(data: dict, key: bytes | None, subject: str, context: str) -> dict:
+def decrypt_fields(data: dict, key: AESGCM | bytes | None, subject: str, context: str) -> dict:
     """A copy of `data` with envelopes opened; with no key (erased subject) they read as None."""
     out = dict(data)
     aead = _aead(key) if key is not None else None

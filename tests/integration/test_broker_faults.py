@@ -71,7 +71,7 @@ def test_appends_commit_while_the_broker_is_paused_and_the_relay_catches_up(own_
             for stream_id in streams:
                 store.append_events_sync(stream_id, notes(1), expected_version=32)
             assert all(store.get_stream_version_sync(s) == 33 for s in streams)
-            assert outbox_backlog([STREAM_TYPE]) > 0
+            assert outbox_backlog(store, [STREAM_TYPE]) > 0
         finally:
             broker.resume()
 
@@ -98,7 +98,7 @@ def test_the_same_works_when_the_broker_is_unreachable(kafka_settings):
             for i in range(5):
                 store.append_events_sync(stream_id, notes(2), expected_version=2 * i)
         assert all(store.get_stream_version_sync(s) == 10 for s in streams)
-        assert outbox_backlog([STREAM_TYPE]) >= 30
+        assert outbox_backlog(store, [STREAM_TYPE]) >= 30
 
         broker = start_tansu(port=port)
         report = relay_outbox(store, stream_types=[STREAM_TYPE])

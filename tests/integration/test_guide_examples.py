@@ -471,14 +471,16 @@ def test_migrate_stream_copies_upcast_events_links_both_streams_and_never_overwr
         (1, "ChildRegistered", 2), (2, "ChildProfileUpdated", 1)]  # the V1 registration was upcast
     old_domain = [deserialize_event(e) for e in old_events]
     new_domain = [deserialize_event(e) for e in new_events]
+    # The copies belong to the new child: its id is their data subject (encrypted under its key).
+    _, new_id = new_stream_id.split(".", 1)
     assert [(type(e), e.data(), e.occurred_at) for e in new_domain] == [
-        (type(e), e.data(), e.occurred_at) for e in old_domain]
+        (type(e), {**e.data(), "child_id": new_id}, e.occurred_at) for e in old_domain]
+    assert {e.metadata.data_subject for e in new_events} == {f"child:{new_id}"}
     assert new_domain[0].parent_id == "unknown"
     assert not {e.event_id for e in new_events} & {e.event_id for e in old_events}
     assert Stream.objects.get(pk=old_stream_id).migrated_to == new_stream_id
     assert Stream.objects.get(pk=new_stream_id).migrated_from == old_stream_id
     assert [e.event_id for e in event_store.load_events_sync(old_stream_id)] == [e.event_id for e in old_events]
-    _, new_id = new_stream_id.split(".", 1)
     moved = EventSourcingRepositoryImpl(Child).load_sync(new_id)
     assert (moved.version, moved.name, moved.age, moved.parent_id) == (2, "Alice", 7, "unknown")
 

@@ -15,8 +15,10 @@ def test_liveness(client):
 def test_readiness_when_everything_is_up(client):
     response = client.get("/health/ready/")
     assert response.status_code == 200, response.json()
-    assert response.json()["checks"] == {"database": {"status": "up"}, "redis": {"status": "up"},
-                                         "kafka": {"status": "up"}}
+    checks = response.json()["checks"]
+    assert {name: check["status"] for name, check in checks.items()} == {
+        "database": "up", "redis": "up", "kafka": "up", "kafka_publishing": "up"}
+    assert set(checks["kafka_publishing"]) == {"status", "backlog", "oldest_waiting_seconds", "held_by_poison_events"}
 
 
 def test_readiness_names_kafka_when_it_is_down(client, settings):

@@ -89,7 +89,7 @@ def test_relay_command_publishes_the_backlog_in_stream_order(unpublished_store, 
     for round_ in range(3):
         for stream_id in streams:
             unpublished_store.append_events_sync(stream_id, notes(2), expected_version=2 * round_)
-    assert outbox_backlog() >= 18
+    assert outbox_backlog(store) >= 18
     call_command("relay_outbox")
     assert "0 still waiting" in capsys.readouterr().out
     found = records_by_stream(store.kafka_settings, "child", streams)

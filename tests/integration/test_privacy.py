@@ -107,7 +107,7 @@ def test_no_plaintext_personal_data_in_the_mirror_kafka_snapshots_or_cache(famil
 def test_forget_child_erases_the_childs_data_everywhere_and_the_chains_still_verify(family, kafka_settings, capsys):
     child, talk, parent = family
     service = get_event_sourcing_service()
-    call_command("forget_child", child.id)
+    call_command("forget_child", child.id, reason="parent_request")
     assert "data key destroyed" in capsys.readouterr().out
 
     for repository in (EventSourcingRepositoryImpl(Child), EventSourcingRepositoryImpl(Child, cache=False)):
@@ -132,19 +132,19 @@ def test_forget_child_erases_the_childs_data_everywhere_and_the_chains_still_ver
     with pytest.raises(SubjectErasedError, match="was erased"):
         service.save_aggregate_sync(more)
     # a second erasure is harmless
-    call_command("forget_child", child.id)
+    call_command("forget_child", child.id, reason="parent_request")
     assert "was already gone" in capsys.readouterr().out
 
 
 def test_forget_child_refuses_an_unknown_child():
     with pytest.raises(CommandError, match="no child nobody-here"):
-        call_command("forget_child", "nobody-here")
+        call_command("forget_child", "nobody-here", reason="parent_request")
 
 
 def _export(child_id):
-    from eventsourcing_app.operations.privacy import export_child
+    from eventsourcing_app.application import Actor, export_child_data
 
-    return export_child(child_id)
+    return export_child_data(actor=Actor.system("test"), child_id=child_id)
 
 
 def test_export_child_writes_everything_held_decrypted(family, tmp_path, capsys):

@@ -38,5 +38,5 @@ def test_a_task_runs_in_the_context_of_the_code_that_queued_it():
 def test_a_task_queued_without_context_gets_its_own_correlation_id():
     task = FakeTask("eventsourcing_app.tasks.relay_outbox")
     task_prerun.send(sender=task, task_id="task-2", task=task)
-    assert (current_correlation_id(), current_actor()) == ("task-2", "task:eventsourcing_app.tasks.relay_outbox")
+    assert (current_correlation_id(), current_actor()) == ("task-2", "system:eventsourcing_app.tasks.relay_outbox")
     task_postrun.send(sender=task, task_id="task-2", task=task)

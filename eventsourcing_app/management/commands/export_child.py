@@ -3,8 +3,8 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from eventsourcing_app.application import Actor, ApplicationError, export_child_data
 from eventsourcing_app.eventstore import EventStoreError
-from eventsourcing_app.operations.privacy import export_child
 
 
 class Command(BaseCommand):
@@ -13,11 +13,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("child_id")
         parser.add_argument("--output", "-o", help="file to write (default: standard output)")
+        parser.add_argument("--actor", default="system:export_child", help="who asked for the export")
 
-    def handle(self, *args, child_id, output, **options):
+    def handle(self, *args, child_id, output, actor, **options):
         try:
-            export = export_child(child_id)
-        except EventStoreError as exc:
+            export = export_child_data(actor=Actor(actor), child_id=child_id)
+        except (ApplicationError, EventStoreError) as exc:
             raise CommandError(str(exc)) from None
         text = json.dumps(export, indent=2, ensure_ascii=False, default=str)
         if output:

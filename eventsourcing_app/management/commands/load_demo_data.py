@@ -2,51 +2,58 @@
 had a conversation with the bear. Idempotent: streams that exist are left alone."""
 from django.core.management.base import BaseCommand
 
-from eventsourcing_app.domain import Child, ChildId, Conversation, ConversationId, DeviceId, Parent, ParentId
-from eventsourcing_app.eventstore import get_event_sourcing_service
+from eventsourcing_app.application import (
+    Actor,
+    change_safety_settings,
+    end_conversation,
+    grant_consent,
+    record_message,
+    register_child,
+    register_parent,
+    start_conversation,
+    summarize_conversation,
+)
+from eventsourcing_app.eventstore import get_event_store
 from eventsourcing_app.observability import event_context
 
-PARENT = ParentId("demo-parent-1")
-CHILDREN = [(ChildId("demo-child-1"), "Mia", 6, DeviceId("demo-bear-1")),
-            (ChildId("demo-child-2"), "Noah", 9, DeviceId("demo-bear-2"))]
-CONVERSATION = ConversationId("demo-conversation-1")
+PARENT = "demo-parent-1"
+CHILDREN = [("demo-child-1", "Mia", 6, "demo-bear-1"), ("demo-child-2", "Noah", 9, "demo-bear-2")]
+CONVERSATION = "demo-conversation-1"
+ACTOR = Actor.system("load_demo_data")
 
 
 class Command(BaseCommand):
     help = "Loads a small demo family (idempotent)."
 
     def handle(self, *args, **options):
-        service = get_event_sourcing_service()
-        version = service.event_store.get_stream_version_sync
+        store = get_event_store()
+        exists = store.get_stream_version_sync
         created = 0
-        with event_context(correlation_id="demo-data", actor="system:load_demo_data"):
-            if not version(f"parent.{PARENT}"):
-                parent = Parent(PARENT)
-                parent.register(email="sam.parent@example.com", name="Sam Parent", phone="+1-555-0100")
+        with event_context(correlation_id="demo-data"):
+            if not exists(f"parent.{PARENT}"):
+                register_parent(actor=ACTOR, parent_id=PARENT, email="sam.parent@example.com", name="Sam Parent",
+                                phone="+1-555-0100")
                 for child_id, *_ in CHILDREN:
-                    parent.grant_consent(child_id, "signed_form")
-                service.save_aggregate_sync(parent)
+                    grant_consent(actor=ACTOR, parent_id=PARENT, child_id=child_id, method="signed_form")
                 created += 1
             for child_id, name, age, device in CHILDREN:
-                if not version(f"child.{child_id}"):
-                    child = Child(id=child_id, parent_id=PARENT, device_id=device, name=name, age=age,
-                                  udid=f"udid-{device}")
-                    child.register_child()
-                    child.change_safety_settings("moderate", 45)
-                    service.save_aggregate_sync(child)
+                if not exists(f"child.{child_id}"):
+                    register_child(actor=ACTOR, child_id=child_id, parent_id=PARENT, name=name, age=age,
+                                   device_id=device, udid=f"udid-{device}")
+                    change_safety_settings(actor=ACTOR, child_id=child_id, content_filter_level="moderate",
+                                           daily_time_limit_minutes=45)
                     created += 1
-            if not version(f"conversation.{CONVERSATION}"):
-                child_id, _, _, device = CHILDREN[0]
-                talk = Conversation(CONVERSATION)
-                talk.start(child_id, device)
+            if not exists(f"conversation.{CONVERSATION}"):
+                child_id = CHILDREN[0][0]
+                start_conversation(actor=ACTOR, conversation_id=CONVERSATION, child_id=child_id)
                 for speaker, text in [("child", "Hello Teddy! Can you tell me a story about a dragon?"),
                                       ("bear", "Once upon a time, a friendly dragon learned to share..."),
                                       ("child", "Did the dragon have a name?"),
                                       ("bear", "Her name was Ember, and she loved warm cocoa.")]:
-                    talk.record_message(speaker, text)
-                talk.end("bedtime")
-                talk.summarize("Mia asked for a dragon story; Teddy told a story about sharing.")
-                service.save_aggregate_sync(talk)
+                    record_message(actor=ACTOR, conversation_id=CONVERSATION, speaker=speaker, text=text)
+                end_conversation(actor=ACTOR, conversation_id=CONVERSATION, reason="bedtime")
+                summarize_conversation(actor=ACTOR, conversation_id=CONVERSATION,
+                                       summary="Mia asked for a dragon story; Teddy told a story about sharing.")
                 created += 1
-        service.event_store.flush(10)
+        store.flush(10)
         self.stdout.write(f"demo data: {created} streams created" if created else "demo data: already loaded")

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from eventsourcing_app.privacy.keyring import MasterKeyError
-from eventsourcing_app.privacy.keys import get_subject_keys
+from eventsourcing_app.privacy.fields import get_subject_keys
 
 
 class Command(BaseCommand):

@@ -1,0 +1,111 @@
+"""Running a command: load aggregates, decide, save them all in one transaction, retry on conflict.
+
+A command handler gives `run_command` a function that loads what it needs through the
+`UnitOfWork`, calls the aggregates' methods and registers the aggregates to save. The saves
+happen together in one database transaction (publication to Kafka follows its commit); if
+another writer moved one of the streams meanwhile, everything is rolled back and the function
+runs again on fresh state, a few times, before `Conflict` is raised. Domain errors pass
+through unchanged, with nothing saved.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+from django.db import transaction
+
+from ..domain import Child, Conversation, Parent
+from ..domain.aggregate import EventSourcedAggregate
+from ..eventstore import AggregateNotFoundError, ConcurrencyError, get_event_sourcing_service
+from .actors import Actor
+from .errors import Conflict, NotFound, PermissionDenied
+
+logger = logging.getLogger(__name__)
+A = TypeVar("A", bound=EventSourcedAggregate)
+ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command saved: the stream it was about and each saved stream's new version."""
+
+    stream_id: str
+    version: int
+    streams: dict[str, int] = field(default_factory=dict)
+
+
+class UnitOfWork:
+    def __init__(self, actor: Actor) -> None:
+        self.actor = actor
+        self.service = get_event_sourcing_service()
+        self._to_save: list[EventSourcedAggregate] = []
+
+    def load(self, cls: type[A], aggregate_id: str) -> A:
+        try:
+            return self.service.load_aggregate_sync(cls, aggregate_id)
+        except AggregateNotFoundError:
+            raise NotFound(f"{cls.aggregate_type} {aggregate_id} does not exist") from None
+
+    def load_or_none(self, cls: type[A], aggregate_id: str) -> A | None:
+        try:
+            return self.service.load_aggregate_sync(cls, aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    def save(self, *aggregates: EventSourcedAggregate) -> None:
+        """Saves these aggregates when the command's function returns (nothing if unchanged)."""
+        for aggregate in aggregates:
+            if aggregate not in self._to_save:
+                self._to_save.append(aggregate)
+
+    # --- the rules every family command shares -------------------------------------------
+
+    def require_own_parent(self, parent_id: str) -> None:
+        if self.actor.is_parent and self.actor.parent_id != parent_id:
+            raise PermissionDenied(f"{self.actor.id} acts for parent {self.actor.parent_id}, not for parent {parent_id}")
+
+    def load_own_child(self, child_id: str) -> Child:
+        """The child, if the actor may act on it (a parent only on their own children)."""
+        child = self.load(Child, child_id)
+        if self.actor.is_parent and child.parent_id != self.actor.parent_id:
+            # Not "forbidden": another family's child must not even be confirmed to exist.
+            raise NotFound(f"child {child_id} does not exist")
+        return child
+
+    def load_own_conversation(self, conversation_id: str) -> tuple[Conversation, Child]:
+        conversation = self.load(Conversation, conversation_id)
+        if conversation.child_id is None:
+            raise NotFound(f"conversation {conversation_id} does not exist")
+        try:
+            child = self.load_own_child(conversation.child_id)
+        except NotFound:
+            raise NotFound(f"conversation {conversation_id} does not exist") from None
+        return conversation, child
+
+    def parent_of(self, child: Child) -> Parent | None:
+        return self.load_or_none(Parent, child.parent_id) if child.parent_id else None
+
+
+def run_command(actor: Actor, decide: Callable[[UnitOfWork], str]) -> CommandResult:
+    """Runs `decide(uow)` (which returns the stream id the command is about) and saves what it
+    registered, in one transaction; again on a concurrency conflict."""
+    if not isinstance(actor, Actor):
+        raise TypeError(f"actor must be an Actor (Actor.user(...) or Actor.system(...)), not {actor!r}")
+    for attempt in range(1, ATTEMPTS + 1):
+        uow = UnitOfWork(actor)
+        try:
+            with transaction.atomic():
+                stream_id = decide(uow)
+                saved = {}
+                for aggregate in uow._to_save:
+                    if aggregate.has_uncommitted_events():
+                        uow.service.save_aggregate_sync(aggregate, actor=actor.id)
+                    saved[aggregate.stream_id] = aggregate.version
+        except ConcurrencyError as exc:
+            if attempt == ATTEMPTS:
+                raise Conflict(f"{exc}; gave up after {ATTEMPTS} attempts: try again") from exc
+            logger.info("command conflicted (%s); attempt %d of %d", exc, attempt + 1, ATTEMPTS)
+            continue
+        return CommandResult(stream_id, saved.get(stream_id, 0), saved)
+    raise AssertionError("unreachable")
