@@ -745,7 +745,7 @@ class DjangoRecorder:
 _APPEND_SQL = (
     "SELECT outcome, stream_version, published_version, positions, hashes, detail, epoch FROM eventstore_append("
     "%s, %s, %s, %b::uuid[], %b::text[], %b::int[], %b::timestamptz[], %b::text[], %b::text[], "
-    "%b::text[], %b::text[], %b::bytea[], %b::bytea[], %s::text, %b::bytea, %s::text)"
+    "%b::text[], %b::text[], %b::bytea[], %b::bytea[], %s::text, %b::bytea, %s::text, %b::text[])"
 )
 
 # The subject's key row comes with the events: one round trip, and a key destroyed by an
@@ -792,6 +792,7 @@ class PostgresRecorder(DjangoRecorder):
                 [e.actor for e in events], [e.data_subject for e in events], [e.payload for e in events],
                 [e.digest for e in events],
                 new_key and new_key.subject, new_key and new_key.wrapped, new_key and new_key.master_key_id,
+                sorted({e.data_subject for e in events if e.data_subject is not None}),
             ], prepare=True, binary=True).fetchone()
         outcome, version, published, positions, hashes, detail, epoch = row
         return AppendOutcome(outcome, version, published, tuple(positions or ()), tuple(map(bytes, hashes or ())),
@@ -835,20 +836,23 @@ class PostgresRecorder(DjangoRecorder):
         return CacheCheck(current, None if chain is None else bytes(chain), material)
 
     def record_publications(self, publications: Sequence[Publication]) -> None:
+        publications = _latest_epoch_only(publications)
+        epochs = sorted({(p.stream_id, p.epoch) for p in publications})
         runs = _contiguous_runs(publications)
         now = datetime.now(timezone.utc)
         self.connection()
         with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
-            # Acknowledgements of sends from before a refill (an older epoch) are ignored.
+            # Acknowledgements of sends from before a refill (an older epoch) are ignored: the
+            # batch's few (stream, epoch) pairs are checked once, not once per event.
             cursor.execute(
+                "WITH valid AS (SELECT r.sid FROM unnest(%s::text[], %s::int[]) AS r(sid, epoch) "
+                "JOIN eventstore_stream s ON s.stream_id = r.sid AND s.publication_epoch = r.epoch) "
                 "UPDATE eventstore_event e SET kafka_topic = x.topic, kafka_partition = x.part, "
                 "kafka_offset = x.off, published_at = %s "
-                "FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::int[], %s::bigint[]) "
-                "AS x(pos, sid, epoch, topic, part, off) "
-                "JOIN eventstore_stream s ON s.stream_id = x.sid AND s.publication_epoch = x.epoch "
-                "WHERE e.position = x.pos",
-                [now, [p.global_position for p in publications], [p.stream_id for p in publications],
-                 [p.epoch for p in publications], [p.topic for p in publications],
+                "FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::bigint[]) AS x(pos, topic, part, off) "
+                "WHERE e.position = x.pos AND e.stream_id IN (SELECT sid FROM valid)",
+                [[r[0] for r in epochs], [r[1] for r in epochs], now,
+                 [p.global_position for p in publications], [p.topic for p in publications],
                  [p.partition for p in publications], [p.offset for p in publications]],
             )
             cursor.execute(
@@ -901,6 +905,18 @@ def _expectation_holds(expected: int, version: int) -> bool:
     if expected == ExpectedVersion.STREAM_EXISTS:
         return version > 0
     return expected == version
+
+
+def _latest_epoch_only(publications: Sequence[Publication]) -> Sequence[Publication]:
+    """Drops acknowledgements of a stream's older epoch when a batch also holds a newer one
+    (epochs only grow: the older ones are stale), so that each stream has one epoch here."""
+    latest: dict[str, int] = {}
+    for pub in publications:
+        if latest.get(pub.stream_id, -1) < pub.epoch:
+            latest[pub.stream_id] = pub.epoch
+    if all(pub.epoch == latest[pub.stream_id] for pub in publications):
+        return publications
+    return [pub for pub in publications if pub.epoch == latest[pub.stream_id]]
 
 
 def _contiguous_runs(publications: Sequence[Publication]) -> list[tuple[str, int, int, int]]:

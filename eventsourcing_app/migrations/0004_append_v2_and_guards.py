@@ -144,7 +144,7 @@ CREATE OR REPLACE FUNCTION eventstore_append(
     p_stream_id text, p_stream_type text, p_expected bigint,
     p_event_ids uuid[], p_event_types text[], p_schema_versions int[], p_occurred_at timestamptz[],
     p_correlation_ids text[], p_causation_ids text[], p_actors text[], p_subjects text[], p_payloads bytea[],
-    p_digests bytea[], p_key_subject text, p_key_wrapped bytea, p_key_master text
+    p_digests bytea[], p_key_subject text, p_key_wrapped bytea, p_key_master text, p_distinct_subjects text[]
 ) RETURNS TABLE(outcome text, stream_version bigint, published_version bigint, positions bigint[], hashes bytea[],
                 detail text, epoch int)
 LANGUAGE plpgsql AS $$
@@ -158,7 +158,8 @@ DECLARE
     v_closed text;
     v_hashes bytea[] := ARRAY[]::bytea[];
     v_positions bigint[];
-    v_subjects text[];
+    v_subjects text[] := p_distinct_subjects;  -- the caller's distinct non-null p_subjects
+    v_existing int := cardinality(p_distinct_subjects) - (p_key_subject IS NOT NULL)::int;
     v_locked int;
     v_erased text;
     v_outcome text;
@@ -209,19 +210,19 @@ BEGIN
                 RAISE SQLSTATE 'ES001';
             END IF;
         END IF;
-        SELECT array_agg(DISTINCT x.s) INTO v_subjects FROM unnest(p_subjects) AS x(s) WHERE x.s IS NOT NULL;
-        IF v_subjects IS NOT NULL THEN
+        IF v_existing > 0 THEN
             -- Share-locked: an erasure (an UPDATE of the row) waits for this append, and an
-            -- append after the erasure sees the key destroyed.
+            -- append after the erasure sees the key destroyed. (A key this call inserted is
+            -- its own already.)
             SELECT count(*), min(k.subject) FILTER (WHERE k.wrapped_key IS NULL) INTO v_locked, v_erased
               FROM (SELECT subject, wrapped_key FROM privacy_subject_key
-                     WHERE subject = ANY(v_subjects) FOR SHARE) AS k;
+                     WHERE subject = ANY(v_subjects) AND subject IS DISTINCT FROM p_key_subject FOR SHARE) AS k;
             IF v_erased IS NOT NULL THEN
                 v_outcome := 'erased';
                 v_detail := v_erased;
                 RAISE SQLSTATE 'ES001';
             END IF;
-            IF v_locked < cardinality(v_subjects) THEN
+            IF v_locked < v_existing THEN
                 v_outcome := 'key_missing';
                 SELECT min(x.s) INTO v_detail FROM unnest(v_subjects) AS x(s)
                  WHERE NOT EXISTS (SELECT 1 FROM privacy_subject_key k WHERE k.subject = x.s);
@@ -251,7 +252,7 @@ BEGIN
         UPDATE eventstore_stream SET version = v_version + v_count, last_hash = v_hash, updated_at = v_now
          WHERE stream_id = p_stream_id;
 
-        IF v_subjects IS NOT NULL THEN
+        IF cardinality(v_subjects) > 0 THEN
             INSERT INTO privacy_subject_stream (subject, stream_id)
             SELECT x.s, p_stream_id FROM unnest(v_subjects) AS x(s)
             ON CONFLICT (subject, stream_id) DO NOTHING;
@@ -293,7 +294,7 @@ END $$;
 """
 
 POSTGRES_BACKWARD = r"""
-DROP FUNCTION IF EXISTS eventstore_append(text, text, bigint, uuid[], text[], int[], timestamptz[], text[], text[], text[], text[], bytea[], bytea[], text, bytea, text);
+DROP FUNCTION IF EXISTS eventstore_append(text, text, bigint, uuid[], text[], int[], timestamptz[], text[], text[], text[], text[], bytea[], bytea[], text, bytea, text, text[]);
 DROP FUNCTION IF EXISTS eventstore_find_stored(text, uuid[], bigint);
 DROP TRIGGER IF EXISTS eventstore_snapshot_no_update ON eventstore_snapshot;
 DROP TRIGGER IF EXISTS eventstore_snapshot_guarded_delete ON eventstore_snapshot;

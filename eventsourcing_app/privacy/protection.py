@@ -27,8 +27,15 @@ class AppendSession:
         self.uncached = uncached  # subjects whose cached key the statement refused
         self.new_key: NewKey | None = None
         self._new_aead: AESGCM | None = None
+        self._chosen: dict[str, AESGCM] = {}  # one lookup per subject and append, not per event
 
     def _aead_for(self, subject: str) -> AESGCM:
+        aead = self._chosen.get(subject)
+        if aead is None:
+            aead = self._chosen[subject] = self._choose(subject)
+        return aead
+
+    def _choose(self, subject: str) -> AESGCM:
         if subject not in self.uncached:
             cached = self.keys.cached_for_writing(subject)
             if cached is not None:
