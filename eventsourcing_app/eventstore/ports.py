@@ -16,8 +16,9 @@ class AppendKeys(Protocol):
 
     new_key: NewKey | None
 
-    def encrypt(self, data: dict, fields: Sequence[str], subject: str, context: str) -> dict:
-        """`data` with the given fields replaced by ciphertext under the subject's key."""
+    def encrypt(self, data: dict, fields: Sequence[str], subject: str, context: str, label: str = "") -> dict:
+        """`data` with the given fields replaced by ciphertext under the subject's key (`label`,
+        e.g. the event type, names the field in errors)."""
 
     def retry(self, outcome: str, subject: str | None) -> "AppendKeys":
         """Keys for another attempt, after the statement refused this attempt's key of

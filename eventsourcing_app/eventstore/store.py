@@ -179,7 +179,7 @@ class EventStore:
             subject = None
             if cls.sensitive_fields:
                 subject = data_subject_of(event)
-                data = keys.encrypt(data, cls.sensitive_fields, subject, str(event_id))
+                data = keys.encrypt(data, cls.sensitive_fields, subject, str(event_id), cls.event_type)
             payload = canonical_json(data, cls.event_type)
             size = len(payload) + metadata_bytes + len(cls.event_type) + len(subject or "") + _KAFKA_FIXED_OVERHEAD
             if size > self.max_event_bytes:

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..eventstore.errors import MalformedEventError
+from ..eventstore.errors import EventSerializationError, MalformedEventError
 
 ENVELOPE_MARK = "$enc"
 NONCE_BYTES = 12
@@ -53,14 +53,22 @@ def _aad(subject: str, context: str, field: str) -> bytes:
     return f"{subject}\x1f{context}\x1f{field}".encode()
 
 
-def encrypt_fields(data: dict, fields: Iterable[str], key: AESGCM | bytes, subject: str, context: str) -> dict:
-    """A copy of `data` with the given fields (those present) replaced by envelopes."""
+def encrypt_fields(data: dict, fields: Iterable[str], key: AESGCM | bytes, subject: str, context: str,
+                   label: str = "") -> dict:
+    """A copy of `data` with the given fields (those present) replaced by envelopes; `label`
+    (e.g. the event type) prefixes the field's name in errors."""
     out = dict(data)
     aead = _aead(key)
     for field in fields:
         if field in out and out[field] is not None:
             nonce = _nonce()
-            plaintext = _COMPACT.encode(out[field]).encode()
+            try:
+                plaintext = _COMPACT.encode(out[field]).encode()
+            except UnicodeEncodeError:  # a lone surrogate; the message must not echo personal data
+                raise EventSerializationError(
+                    f"field {label + '.' if label else ''}{field} is not valid Unicode (it holds a lone surrogate); "
+                    "decode the text properly "
+                    "before storing it") from None
             out[field] = {
                 ENVELOPE_MARK: 1,
                 "n": base64.b64encode(nonce).decode(),

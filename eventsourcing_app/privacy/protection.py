@@ -47,8 +47,8 @@ class AppendSession:
             return self._new_aead
         return self.keys.key_for_writing(subject)  # the stored key (a second subject in one batch)
 
-    def encrypt(self, data: dict, fields: Sequence[str], subject: str, context: str) -> dict:
-        return encrypt_fields(data, fields, self._aead_for(subject), subject, context)
+    def encrypt(self, data: dict, fields: Sequence[str], subject: str, context: str, label: str = "") -> dict:
+        return encrypt_fields(data, fields, self._aead_for(subject), subject, context, label)
 
     def retry(self, outcome: str, subject: str | None) -> "AppendSession":
         if subject is not None:
