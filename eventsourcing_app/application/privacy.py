@@ -14,6 +14,8 @@ export_child_data: everything held about a child, decrypted, as one JSON-ready d
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -30,7 +32,7 @@ from ..eventstore import (
 from ..eventstore.serialization import json_data, subject_name
 from .actors import Actor
 from .errors import Conflict, NotFound
-from .unit_of_work import ATTEMPTS
+from .unit_of_work import _BACKOFF_SECONDS, ATTEMPTS
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ def erase_child_data(*, actor: Actor, child_id: str, reason: str) -> ErasureRepo
         except ConcurrencyError as exc:  # a save of the child won the race: reload and retry
             if attempt == ATTEMPTS:
                 raise Conflict(f"{exc}; the erasure was not done: try again") from exc
+            time.sleep(random.uniform(0, _BACKOFF_SECONDS * 2 ** attempt))
     left = []
     if not protection.announce_erasure(subjects):
         left.append("broadcast to other processes")

@@ -4,12 +4,14 @@ A command handler gives `run_command` a function that loads what it needs throug
 `UnitOfWork`, calls the aggregates' methods and registers the aggregates to save. The saves
 happen together in one database transaction (publication to Kafka follows its commit); if
 another writer moved one of the streams meanwhile, everything is rolled back and the function
-runs again on fresh state, a few times, before `Conflict` is raised. Domain errors pass
+runs again on fresh state (after a short random pause), a few times, before `Conflict` is raised. Domain errors pass
 through unchanged, with nothing saved.
 """
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
@@ -23,7 +25,10 @@ from .errors import Conflict, NotFound, PermissionDenied
 
 logger = logging.getLogger(__name__)
 A = TypeVar("A", bound=EventSourcedAggregate)
-ATTEMPTS = 3
+ATTEMPTS = 8
+# Before each retry a short random pause, growing with the attempt: two writers of the same speed
+# would otherwise fall into step, the one behind reloading just before the other commits.
+_BACKOFF_SECONDS = 0.002
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ def run_command(actor: Actor, decide: Callable[[UnitOfWork], str]) -> CommandRes
             if attempt == ATTEMPTS:
                 raise Conflict(f"{exc}; gave up after {ATTEMPTS} attempts: try again") from exc
             logger.info("command conflicted (%s); attempt %d of %d", exc, attempt + 1, ATTEMPTS)
+            time.sleep(random.uniform(0, _BACKOFF_SECONDS * 2 ** attempt))
             continue
         return CommandResult(stream_id, saved.get(stream_id, 0), saved)
     raise AssertionError("unreachable")

@@ -92,6 +92,7 @@ def _relay(store, grace_seconds, batch_size, progress, flush_timeout, force_new_
         )
     recorder.clear_resolved_poison()
     held = recorder.held_streams(POISON_RETRY_SECONDS)
+    poison_seen = publisher.poison_events
     seen: set[str] = set()
     while time_budget is None or time.monotonic() - started < time_budget:
         stream_ids = recorder.outbox_heads(grace_seconds, batch_size, stream_types, held)
@@ -104,10 +105,12 @@ def _relay(store, grace_seconds, batch_size, progress, flush_timeout, force_new_
             break
         after = recorder.published_versions(stream_ids)
         moved = sum(after.get(s, 0) - before.get(s, 0) for s in stream_ids)
+        # A stream whose next event Kafka just refused for good waits for the next retry period.
+        now_held = recorder.held_streams(POISON_RETRY_SECONDS) if publisher.poison_events != poison_seen else held
+        poison_seen, newly_held = publisher.poison_events, set(now_held) - set(held)
+        held = now_held
         if moved <= 0:
-            now_held = recorder.held_streams(POISON_RETRY_SECONDS)
-            if set(now_held) - set(held):  # poison events found: go on with the other streams
-                held = now_held
+            if newly_held:  # only poison events this round: go on with the other streams
                 continue
             logger.warning("the relay made no progress (Kafka did not acknowledge); stopping this run")
             break

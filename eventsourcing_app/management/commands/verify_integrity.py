@@ -22,10 +22,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         self.stdout.write(f"{report.streams} streams, {report.events} events: hash chains "
                           f"{'OK' if not report.chain_breaks else f'BROKEN in {len(report.chain_breaks)} stream(s)'}")
+        self.stdout.write(f"{report.snapshots} snapshots: "
+                          f"{'OK' if not report.snapshot_problems else f'{len(report.snapshot_problems)} do not verify'}")
         if kafka is not None:
             self.stdout.write(f"Kafka copy: {report.kafka_checked} events compared, "
                               f"{len(report.kafka_differences)} differ, {report.unpublished} not yet published")
-        for problem in (report.chain_breaks + report.kafka_differences)[:20]:
+        for problem in report.problems[:20]:
             self.stdout.write(f"  {problem}")
         if not report.ok:
             raise CommandError(f"integrity check failed; first difference: {report.first_problem}")
