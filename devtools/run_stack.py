@@ -392,9 +392,10 @@ def set_up(stack: Stack, commands: set[str], kafka_is_embedded: bool) -> tuple[s
     run_step(stack, "provision_topics", manage("provision_topics"), show_output=True)
     if kafka_is_embedded and "refill_kafka" in commands:
         # The embedded broker keeps nothing across a restart, but the database does: publish
-        # the stored events again before the relay and the web start adding new ones.
+        # the stored events again before the relay and the web start adding new ones (nothing
+        # else publishes yet, so there are no sends in flight to wait for).
         say("refilling the embedded Kafka from the database ...")
-        run_step(stack, "refill_kafka", manage("refill_kafka"), show_output=True)
+        run_step(stack, "refill_kafka", manage("refill_kafka", "--settle", "0"), show_output=True)
     run_step(stack, "collectstatic", manage("collectstatic", "--noinput", "--verbosity", "0"))
 
     username, password, source = admin_credentials()

@@ -71,7 +71,7 @@ class SnapshotAdmin(ReadOnlyAdmin):
     list_filter = ("aggregate_type",)
     search_fields = ("=stream__stream_id",)
     show_full_result_count = False
-    exclude = ("state",)  # encrypted state; decrypted views go through export_child, which is audited
+    exclude = ("state", "seal")  # personal fields are encrypted; decrypted state is not shown here
 
 
 @admin.register(SubjectKey)

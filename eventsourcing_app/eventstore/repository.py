@@ -1,4 +1,4 @@
-"""The repository of the guide, section 3: aggregates in, aggregates out.
+"""The event-sourcing repository: aggregates in, aggregates out.
 
 `save` appends an aggregate's pending events with the version it was loaded at as the
 expected version (a lost race raises ConcurrencyError and stores nothing), then schedules a

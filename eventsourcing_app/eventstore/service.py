@@ -1,4 +1,4 @@
-"""The event sourcing service of the guide, section 4: repositories, stream information,
+"""The event-sourcing service: repositories, stream information,
 manual snapshots and temporal loads behind one object."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The snapshot store of the guide, section 2: an aggregate's state at a version.
+"""The snapshot store: an aggregate's state at a version.
 
 Snapshots live in the mirror table `eventstore_snapshot` (the index loads use) and in the
 compacted Kafka topic `snapshots.<type>` (key = stream id, so Kafka keeps the latest one per

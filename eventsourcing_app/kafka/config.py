@@ -1,6 +1,6 @@
 """Kafka settings and the client configurations built from them.
 
-The producer follows DESIGN.md: idempotent, acks=all, compressed, Java-compatible murmur2
+The producer is idempotent, acks=all, compressed, Java-compatible murmur2
 partitioning (a stream's key lands on the same partition for Java clients), and it never
 creates topics by producing. Consumers read committed data, manage offsets by hand and
 detect "caught up" with partition EOF events (the broker's queried high watermark is not

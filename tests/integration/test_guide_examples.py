@@ -1,5 +1,6 @@
-"""One test per usage example of the original guide (../shared/seed/event-sourcing-guide.md),
-written with the guide's own calls (its coroutines run with asyncio.run).
+"""One test per usage example of the event-sourcing guide the project's API follows (its
+component names and calls: see README "Python API"), written with the guide's own calls (its
+coroutines run with asyncio.run).
 
 The test database is shared by the whole session and never flushed, so where the guide uses
 the literal "child-123" these tests use a fresh child id; the call shapes are the guide's.
