@@ -123,7 +123,9 @@ def export_child_data(*, actor: Actor, child_id: str) -> dict:
         "subjects": child_subjects(child_id),
         "exported_at": datetime.now(timezone.utc).isoformat(),
         "exported_by": actor.id,
-        "erased": bool(child.erased),
+        # Erased also when reached through an alias (a migrated id) whose own stream is closed.
+        "erased": bool(child.erased) or any(m.erased for m in store.recorder.key_materials(
+            child_subjects(child_id)).values()),
         "child": child.to_snapshot(),
         "streams": {},
     }

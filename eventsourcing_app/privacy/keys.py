@@ -141,9 +141,19 @@ class SubjectKeys:
         """Destroys the subject's key in the caller's transaction; True if there was one. An
         append in flight for the subject holds a share lock on the row: this waits for it."""
         now = datetime.now(timezone.utc)
-        with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
-            cursor.execute("UPDATE privacy_subject_key SET wrapped_key = NULL, master_key_id = NULL, destroyed_at = %s "
-                           "WHERE subject = %s AND wrapped_key IS NOT NULL", [now, subject])
+        db = connections[self.alias]
+        with transaction.atomic(using=self.alias), db.cursor() as cursor:
+            if db.vendor == "postgresql":
+                # Lock first, then stamp the time with the database's clock: every append that
+                # got the row's share lock before committed earlier than destroyed_at, and none
+                # can take it after.
+                cursor.execute("SELECT 1 FROM privacy_subject_key WHERE subject = %s FOR UPDATE", [subject])
+                cursor.execute("UPDATE privacy_subject_key SET wrapped_key = NULL, master_key_id = NULL, "
+                               "destroyed_at = clock_timestamp() WHERE subject = %s AND wrapped_key IS NOT NULL",
+                               [subject])
+            else:  # SQLite: one writer at a time anyway
+                cursor.execute("UPDATE privacy_subject_key SET wrapped_key = NULL, master_key_id = NULL, "
+                               "destroyed_at = %s WHERE subject = %s AND wrapped_key IS NOT NULL", [now, subject])
             had_key = cursor.rowcount > 0
             if not had_key:  # no key yet: a destroyed row, so that none can ever be made
                 cursor.execute("INSERT INTO privacy_subject_key (subject, wrapped_key, master_key_id, created_at, "
