@@ -38,6 +38,7 @@ class MasterKeyring:
         if not keys:
             raise MasterKeyError("TEDDY_MASTER_KEYS holds no key")
         self._keys = {master_key_id(key): key for key in keys}
+        self._aeads = {key_id: AESGCM(key) for key_id, key in self._keys.items()}  # a few master keys
         self.current_id = master_key_id(keys[0])
         self._seal_keys = [_seal_key(key) for key in keys]  # the current one first
 
@@ -47,7 +48,7 @@ class MasterKeyring:
 
     def wrap(self, data_key: bytes, subject: str) -> tuple[bytes, str]:
         nonce = os.urandom(NONCE_BYTES)
-        wrapped = nonce + AESGCM(self._keys[self.current_id]).encrypt(nonce, data_key, subject.encode())
+        wrapped = nonce + self._aeads[self.current_id].encrypt(nonce, data_key, subject.encode())
         return wrapped, self.current_id
 
     def unwrap(self, wrapped: bytes, master_id: str, subject: str) -> bytes:
@@ -58,7 +59,7 @@ class MasterKeyring:
                 f"hold (it holds {', '.join(self._keys)}); add that key (after the current one) to TEDDY_MASTER_KEYS"
             )
         try:
-            return AESGCM(key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], subject.encode())
+            return self._aeads[master_id].decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], subject.encode())
         except InvalidTag:
             raise MasterKeyError(
                 f"master key {master_id} does not open the data key of {subject}: the stored key was altered"
