@@ -195,6 +195,22 @@ class PoisonEvent(models.Model):
         return f"{self.stream_id} v{self.version}: {self.error}"
 
 
+class Maintenance(models.Model):
+    """Work in progress that must finish before normal operation resumes (a refill between
+    marking streams for republication and emptying the topics): the relay waits while a row is
+    here, so a crashed refill never lets it publish into topics that were to be emptied."""
+
+    name = models.CharField(max_length=40, primary_key=True)
+    started_at = models.DateTimeField()
+    detail = models.TextField()
+
+    class Meta:
+        db_table = "eventstore_maintenance"
+
+    def __str__(self) -> str:
+        return f"{self.name} since {self.started_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
 class SubjectStream(models.Model):
     """Which streams hold data encrypted for a subject: found by erasure and export without an
     index over every event (one row per subject and stream, written by the append itself)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from typing import Callable
 
@@ -35,8 +36,11 @@ class BackgroundSnapshotScheduler:
             self._pending[stream_id] = None
             self._pending.move_to_end(stream_id)
             while len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
+                lost, _ = self._pending.popitem(last=False)
                 self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    logger.warning("%d snapshot requests dropped while Celery is unreachable (e.g. %s); those "
+                                   "streams are snapshotted at their next threshold", self.dropped, lost)
             if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="snapshot-scheduler", daemon=True)
@@ -63,7 +67,7 @@ class BackgroundSnapshotScheduler:
                     if not failing:
                         logger.warning("could not schedule snapshots (%s); %d waiting, retrying", exc, self.pending)
                         failing = True
-                    self._wake.wait(pause)
+                    time.sleep(pause)  # not the wake event: new requests must not cut the pause short
                     pause = min(pause * 2, 30.0)
                     continue
                 with self._lock:

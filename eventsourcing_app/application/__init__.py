@@ -19,14 +19,23 @@ from .conversations import (
     start_conversation,
     summarize_conversation,
 )
-from .errors import ApplicationError, Conflict, ConsentRequired, InvalidActor, NotFound, PermissionDenied
+from .errors import (
+    ApplicationError,
+    Conflict,
+    ConsentRequired,
+    Gone,
+    InvalidActor,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from .parents import deactivate_parent, grant_consent, register_parent, update_parent_settings, withdraw_consent
 from .privacy import ErasureReport, erase_child_data, export_child_data
 from .unit_of_work import CommandResult
 
 __all__ = [
-    "Actor", "ApplicationError", "CommandResult", "Conflict", "ConsentRequired", "ErasureReport", "InvalidActor",
-    "NotFound", "PermissionDenied",
+    "Actor", "ApplicationError", "CommandResult", "Conflict", "ConsentRequired", "ErasureReport", "Gone",
+    "InvalidActor", "NotFound", "PermissionDenied", "Unavailable",
     "change_safety_settings", "deactivate_child", "deactivate_parent", "end_conversation", "erase_child_data",
     "export_child_data", "grant_consent", "pair_device", "raise_safety_flag", "record_message", "register_child",
     "register_parent", "start_conversation", "summarize_conversation", "unpair_device", "update_child_profile",

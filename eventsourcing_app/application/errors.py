@@ -36,5 +36,17 @@ class Conflict(ApplicationError):
     http_status = 409
 
 
+class Gone(ApplicationError):
+    """The child's personal data was erased: nothing more is stored about it."""
+
+    http_status = 410
+
+
+class Unavailable(ApplicationError):
+    """The database could not be reached; the command may be retried as it is."""
+
+    http_status = 503
+
+
 class InvalidActor(ApplicationError):
     """The actor is not "user:<id>" or "system:<name>"."""

@@ -14,25 +14,15 @@ export_child_data: everything held about a child, decrypted, as one JSON-ready d
 from __future__ import annotations
 
 import logging
-import random
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from django.db import transaction
-
 from ..domain import Child, Parent
-from ..eventstore import (
-    AggregateNotFoundError,
-    ConcurrencyError,
-    deserialize_event,
-    get_aggregate_cache,
-    get_event_sourcing_service,
-)
+from ..eventstore import AggregateNotFoundError, deserialize_event, get_aggregate_cache, get_event_sourcing_service
 from ..eventstore.serialization import json_data, subject_name
 from .actors import Actor
-from .errors import Conflict, NotFound
-from .unit_of_work import _BACKOFF_SECONDS, ATTEMPTS
+from .errors import NotFound, PermissionDenied
+from .unit_of_work import run_command
 
 logger = logging.getLogger(__name__)
 
@@ -74,43 +64,60 @@ def erase_child_data(*, actor: Actor, child_id: str, reason: str) -> ErasureRepo
     service = get_event_sourcing_service()
     store = service.event_store
     recorder, protection = store.recorder, store.field_protection
-    if recorder.stream(f"child.{child_id}") is None:
-        raise NotFound(f"no child {child_id} (stream child.{child_id} does not exist)")
     subjects = child_subjects(child_id)
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            with transaction.atomic(using=recorder.alias):
-                child = service.load_aggregate_sync(Child, child_id)
-                if not child.erased:
-                    child.erase_personal_data(erased_by=actor.id, reason=reason)  # refuses a bad reason first
-                    service.save_aggregate_sync(child, actor=actor.id)
-                # After the event (the stream lock first, then the key rows, as every append):
-                # an append in flight for the child finishes first; later ones see the key gone.
-                destroyed = protection.destroy_keys(subjects)
-                streams = streams_of_child(child_id)
-                snapshot_streams = sorted(set(recorder.snapshot_streams_of_subjects(subjects)) | set(streams))
-                dropped = service.snapshot_store.delete_snapshots(snapshot_streams)
-            break
-        except ConcurrencyError as exc:  # a save of the child won the race: reload and retry
-            if attempt == ATTEMPTS:
-                raise Conflict(f"{exc}; the erasure was not done: try again") from exc
-            time.sleep(random.uniform(0, _BACKOFF_SECONDS * 2 ** attempt))
+    live = _live_child_id(child_id)  # after a migration, the erasure is recorded on the new stream
+    done: dict = {}
+
+    def decide(uow) -> str:
+        child = uow.load_own_child(live)
+        if not child.erased:
+            child.erase_personal_data(erased_by=actor.id, reason=reason)  # refuses a bad reason first
+            uow.save(child)
+            # Saved first (the stream lock), then the key rows, as every append takes them: an
+            # append in flight for the child finishes first; later ones see the key gone.
+            uow.service.save_aggregate_sync(child, actor=actor.id)
+        done["destroyed"] = protection.destroy_keys(subjects)
+        done["streams"] = streams_of_child(child_id)
+        done["snapshot_streams"] = sorted(set(recorder.snapshot_streams_of_subjects(subjects)) | set(done["streams"]))
+        done["dropped"] = service.snapshot_store.delete_snapshots(done["snapshot_streams"])
+        done["version"] = child.version
+        return child.stream_id
+
+    run_command(actor, decide)
     left = []
     if not protection.announce_erasure(subjects):
         left.append("broadcast to other processes")
     cache = get_aggregate_cache()
-    if cache is not None and not cache.delete(streams):
+    if cache is not None and not cache.delete(done["streams"]):
         left.append("dropping cached aggregates (they no longer open)")
-    service.snapshot_store.publish_tombstones(snapshot_streams)
-    report = ErasureReport(child_id, bool(destroyed), subjects, streams,
-                           recorder.count_subject_events(streams, subjects), dropped, child.version, left)
+    service.snapshot_store.publish_tombstones(done["snapshot_streams"])
+    report = ErasureReport(child_id, bool(done["destroyed"]), subjects, done["streams"],
+                           recorder.count_subject_events(done["streams"], subjects), done["dropped"], done["version"],
+                           left)
     logger.info("erasure by %s (%s): %s", actor.id, reason, report)
     return report
+
+
+def _live_child_id(child_id: str) -> str:
+    """The id whose stream is open: a migrated child's stream is followed to the one it moved to."""
+    recorder = get_event_sourcing_service().event_store.recorder
+    stream, seen = recorder.stream(f"child.{child_id}"), set()
+    if stream is None:
+        raise NotFound(f"no child {child_id} (stream child.{child_id} does not exist)")
+    while stream.migrated_to and stream.migrated_to not in seen:
+        seen.add(stream.stream_id)
+        following = recorder.stream(stream.migrated_to)
+        if following is None:
+            break
+        stream = following
+    return stream.stream_id.split(".", 1)[1]
 
 
 def export_child_data(*, actor: Actor, child_id: str) -> dict:
     """A data subject access export: the child's current state and every event held about it."""
     service = get_event_sourcing_service()
+    if not (actor.is_parent or actor.acts_for_any_family):
+        raise PermissionDenied(f"{actor.id} acts neither as a parent nor as staff or a system job")
     try:
         child = service.load_aggregate_sync(Child, child_id)
     except AggregateNotFoundError:

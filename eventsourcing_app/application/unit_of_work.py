@@ -19,15 +19,21 @@ from django.db import transaction
 
 from ..domain import Child, Conversation, Parent
 from ..domain.aggregate import EventSourcedAggregate
-from ..eventstore import AggregateNotFoundError, ConcurrencyError, get_event_sourcing_service
+from ..eventstore import (
+    AggregateNotFoundError,
+    ConcurrencyError,
+    StoreUnavailableError,
+    StreamClosedError,
+    SubjectErasedError,
+    TransientStoreError,
+    get_event_sourcing_service,
+)
 from .actors import Actor
-from .errors import Conflict, NotFound, PermissionDenied
+from .errors import Conflict, Gone, NotFound, PermissionDenied, Unavailable
 
 logger = logging.getLogger(__name__)
 A = TypeVar("A", bound=EventSourcedAggregate)
 ATTEMPTS = 8
-# Before each retry a short random pause, growing with the attempt: two writers of the same speed
-# would otherwise fall into step, the one behind reloading just before the other commits.
 _BACKOFF_SECONDS = 0.002
 
 
@@ -45,18 +51,22 @@ class UnitOfWork:
         self.actor = actor
         self.service = get_event_sourcing_service()
         self._to_save: list[EventSourcedAggregate] = []
+        self.read_versions: dict[str, int] = {}  # every stream the decision read, at the version read
 
     def load(self, cls: type[A], aggregate_id: str) -> A:
-        try:
-            return self.service.load_aggregate_sync(cls, aggregate_id)
-        except AggregateNotFoundError:
-            raise NotFound(f"{cls.aggregate_type} {aggregate_id} does not exist") from None
+        aggregate = self.load_or_none(cls, aggregate_id)
+        if aggregate is None:
+            raise NotFound(f"{cls.aggregate_type} {aggregate_id} does not exist")
+        return aggregate
 
     def load_or_none(self, cls: type[A], aggregate_id: str) -> A | None:
         try:
-            return self.service.load_aggregate_sync(cls, aggregate_id)
+            aggregate = self.service.load_aggregate_sync(cls, aggregate_id)
         except AggregateNotFoundError:
+            self.read_versions.setdefault(f"{cls.aggregate_type}.{aggregate_id}", 0)
             return None
+        self.read_versions.setdefault(aggregate.stream_id, aggregate.version)
+        return aggregate
 
     def save(self, *aggregates: EventSourcedAggregate) -> None:
         """Saves these aggregates when the command's function returns (nothing if unchanged)."""
@@ -66,12 +76,19 @@ class UnitOfWork:
 
     # --- the rules every family command shares -------------------------------------------
 
+    def require_family_actor(self) -> None:
+        if not (self.actor.is_parent or self.actor.acts_for_any_family):
+            raise PermissionDenied(f"{self.actor.id} acts neither as a parent (give its parent id) nor as staff or a "
+                                   "system job")
+
     def require_own_parent(self, parent_id: str) -> None:
+        self.require_family_actor()
         if self.actor.is_parent and self.actor.parent_id != parent_id:
             raise PermissionDenied(f"{self.actor.id} acts for parent {self.actor.parent_id}, not for parent {parent_id}")
 
     def load_own_child(self, child_id: str) -> Child:
         """The child, if the actor may act on it (a parent only on their own children)."""
+        self.require_family_actor()
         child = self.load(Child, child_id)
         if self.actor.is_parent and child.parent_id != self.actor.parent_id:
             # Not "forbidden": another family's child must not even be confirmed to exist.
@@ -103,15 +120,39 @@ def run_command(actor: Actor, decide: Callable[[UnitOfWork], str]) -> CommandRes
             with transaction.atomic():
                 stream_id = decide(uow)
                 saved = {}
-                for aggregate in uow._to_save:
+                for aggregate in sorted(uow._to_save, key=lambda a: a.stream_id):
                     if aggregate.has_uncommitted_events():
                         uow.service.save_aggregate_sync(aggregate, actor=actor.id)
                     saved[aggregate.stream_id] = aggregate.version
-        except ConcurrencyError as exc:
+                _check_what_was_read(uow, saved)
+        except (ConcurrencyError, TransientStoreError) as exc:
             if attempt == ATTEMPTS:
                 raise Conflict(f"{exc}; gave up after {ATTEMPTS} attempts: try again") from exc
             logger.info("command conflicted (%s); attempt %d of %d", exc, attempt + 1, ATTEMPTS)
-            time.sleep(random.uniform(0, _BACKOFF_SECONDS * 2 ** attempt))
+            backoff(attempt)
             continue
+        except StreamClosedError as exc:
+            raise Conflict(str(exc)) from exc
+        except SubjectErasedError as exc:
+            raise Gone(str(exc)) from exc
+        except StoreUnavailableError as exc:
+            raise Unavailable(str(exc)) from exc
         return CommandResult(stream_id, saved.get(stream_id, 0), saved)
     raise AssertionError("unreachable")
+
+
+def _check_what_was_read(uow: UnitOfWork, saved: dict[str, int]) -> None:
+    """The streams the decision read but did not save must still be as read (share-locked until
+    the commit): a rule checked on them (consent, existence) still holds when this commits."""
+    read = {sid: version for sid, version in uow.read_versions.items() if sid not in saved}
+    if read:
+        changed = uow.service.event_store.recorder.check_versions(read)
+        if changed is not None:
+            stream_id, actual = changed
+            raise ConcurrencyError(stream_id, read[stream_id], actual)
+
+
+def backoff(attempt: int) -> None:
+    """A short random pause before another attempt, growing with the attempt: two writers of
+    the same speed would otherwise fall into step, the one behind always a moment late."""
+    time.sleep(random.uniform(0, _BACKOFF_SECONDS * 2 ** attempt))

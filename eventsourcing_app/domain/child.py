@@ -34,7 +34,7 @@ from .errors import (
     check_text,
 )
 from .events import DomainEvent
-from .ids import ActorId, ChildId, DeviceId, ParentId, datetime_or_none, id_or_none, isoformat_or_none
+from .ids import ACTOR_ID, ActorId, ChildId, DeviceId, ParentId, datetime_or_none, id_or_none, isoformat_or_none
 
 MIN_AGE, MAX_AGE = 3, 13
 NAME_MAX_LENGTH = 100
@@ -43,8 +43,8 @@ MAX_INTERESTS = 20
 INTEREST_MAX_LENGTH = 50
 PROFILE_FIELDS = ("name", "age", "interests", "language")
 CONTENT_FILTER_LEVELS = ("strict", "moderate", "relaxed")
-# Why a child's data was erased: codes only, as ChildDataErased is written after the child's
-# key is destroyed and so can hold nothing encrypted.
+# Why a child's data was erased: codes only, as ChildDataErased must stay readable once the
+# child's key is destroyed (in the same transaction), so it holds nothing encrypted.
 ERASURE_REASONS = ("parent_request", "child_request", "regulator_order", "retention_expired", "account_closed",
                    "consent_withdrawn")
 DEFAULT_CONTENT_FILTER_LEVEL = "strict"
@@ -52,7 +52,6 @@ DEFAULT_DAILY_TIME_LIMIT_MINUTES = 60
 MAX_DAILY_TIME_LIMIT_MINUTES = 24 * 60
 
 _CHILD_SUBJECT = ("child", "child_id")
-_ACTOR_ID = re.compile(r"(user|system):[A-Za-z0-9._\-]{1,100}")
 
 # The codes as types of event fields (the tuples above are what the commands check against).
 ContentFilterLevel = Literal["strict", "moderate", "relaxed"]
@@ -164,8 +163,9 @@ class ChildDeactivated(DomainEvent):
 class ChildDataErased(DomainEvent):
     """The child's personal data was erased (its key destroyed); the stream takes no more events.
 
-    Written after the key is gone, so it has no sensitive fields: who asked is an actor id and
-    why is a code (both None in events from before they were checked).
+    Recorded in the transaction that destroys the key, and read after it, so it has no
+    sensitive fields: who asked is an actor id and why is a code (both None in events from
+    before they were checked).
     """
 
     child_id: ChildId
@@ -197,7 +197,7 @@ _PROFILE_CHECKS = {"name": _check_name, "age": _check_age, "interests": _check_i
 
 
 def _check_actor_id(value: object, what: str) -> ActorId:
-    if not isinstance(value, str) or not _ACTOR_ID.fullmatch(value):
+    if not isinstance(value, str) or not ACTOR_ID.fullmatch(value):
         raise InvalidValue(
             f"{what} {value!r} is not an actor id; give 'user:<id>' or 'system:<name>' "
             "(at most 100 letters, digits, '.', '_' or '-' after the colon), not a name or free text"
@@ -332,8 +332,8 @@ class Child(EventSourcedAggregate):
         if not self.registered:
             raise NotRegistered(f"child {self.id} is not registered; call register_child() first")
         if not self.active:
-            reason = f" ({self.deactivated_reason})" if self.deactivated_reason else ""
-            raise AggregateDeactivated(f"child {self.id} was deactivated{reason}; it takes no more commands")
+            # Not the reason: it may be personal data (it is stored encrypted), errors reach logs.
+            raise AggregateDeactivated(f"child {self.id} was deactivated; it takes no more commands")
 
     @staticmethod
     def _check_device(device_id: object, udid: object) -> tuple[DeviceId, str]:

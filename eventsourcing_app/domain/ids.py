@@ -8,6 +8,7 @@ it does not validate it: the aggregates check the ids they are given.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import TypeVar
 
@@ -35,6 +36,10 @@ class DeviceId(_TypedId):
 
 class ConversationId(_TypedId):
     __slots__ = ()
+
+
+# "user:<id>" or "system:<name>": who did something, as the audit trail names them.
+ACTOR_ID = re.compile(r"(user|system):[A-Za-z0-9._\-]{1,100}")
 
 
 class ActorId(_TypedId):

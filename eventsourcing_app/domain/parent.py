@@ -244,8 +244,8 @@ class Parent(EventSourcedAggregate):
         if not self.registered:
             raise NotRegistered(f"parent {self.id} is not registered; call register(email, name) first")
         if not self.active:
-            reason = f" ({self.deactivated_reason})" if self.deactivated_reason else ""
-            raise AggregateDeactivated(f"parent {self.id} was deactivated{reason}; it takes no more commands")
+            # Not the reason: it may be personal data (it is stored encrypted), errors reach logs.
+            raise AggregateDeactivated(f"parent {self.id} was deactivated; it takes no more commands")
 
     # --- Applying events (state changes only here; no checks, values may be None) ---
 

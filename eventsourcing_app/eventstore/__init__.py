@@ -12,6 +12,7 @@ from .errors import (
     StoreUnavailableError,
     StreamClosedError,
     SubjectErasedError,
+    TransientStoreError,
     UnknownEventTypeError,
     UnknownStreamTypeError,
 )
@@ -34,7 +35,7 @@ __all__ = [
     "AppendResult", "ConcurrencyError", "DuplicateEventError", "EventMetadata", "EventSerializationError",
     "EventStore", "EventStoreError", "EventTooLargeError", "ExpectedVersion", "ImmutableEventError",
     "InvalidStreamIdError", "KafkaPosition", "KafkaTopicError", "MalformedEventError", "StoredEvent",
-    "StoreUnavailableError", "StreamClosedError", "SubjectErasedError",
+    "StoreUnavailableError", "StreamClosedError", "SubjectErasedError", "TransientStoreError",
     "UnknownEventTypeError", "UnknownStreamTypeError", "build_event_store", "check_event_store_health",
     "deserialize_event", "get_event_store", "registry",
     "AggregateNotFoundError", "EventSourcingRepositoryImpl", "EventSourcingService", "LoadReport", "SnapshotRecord",

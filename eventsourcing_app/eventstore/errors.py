@@ -39,6 +39,11 @@ class StoreUnavailableError(EventStoreError):
     """The database could not be reached, or the connection was lost during a call."""
 
 
+class TransientStoreError(EventStoreError):
+    """A deadlock or serialization failure: nothing was stored, and the caller's transaction
+    is lost; running the whole operation again succeeds."""
+
+
 class InvalidStreamIdError(EventStoreError, ValueError):
     pass
 

@@ -15,6 +15,7 @@ class AppendKeys(Protocol):
     statement itself stores."""
 
     new_key: NewKey | None
+    subject_keys: dict[str, bytes | None]  # subject -> the stored wrapped key used (None: new_key)
 
     def encrypt(self, data: dict, fields: Sequence[str], subject: str, context: str, label: str = "") -> dict:
         """`data` with the given fields replaced by ciphertext under the subject's key (`label`,
@@ -22,14 +23,25 @@ class AppendKeys(Protocol):
 
     def retry(self, outcome: str, subject: str | None) -> "AppendKeys":
         """Keys for another attempt, after the statement refused this attempt's key of
-        `subject` ("key_exists": another process stored one first; "key_missing": the cached
-        key's row is not there, e.g. rolled back with its transaction)."""
+        `subject` ("key_exists": another process stored one first; "key_changed": the stored
+        key is another one; "key_missing": the cached key's row is not there, e.g. rolled back
+        with its transaction)."""
 
     def stored(self) -> None:
-        """The append stored its events (this attempt's new key can be used again)."""
+        """The append's transaction committed (this attempt's new key can be used again)."""
 
 
-class FieldProtection(Protocol):
+class ErasurePort(Protocol):
+    """What an erasure needs of the field protection."""
+
+    def destroy_keys(self, subjects: Sequence[str]) -> list[str]:
+        """Destroys the keys in the caller's transaction; returns the subjects that had one."""
+
+    def announce_erasure(self, subjects: Sequence[str]) -> bool:
+        """After the commit: every process drops the keys now (best effort)."""
+
+
+class FieldProtection(ErasurePort, Protocol):
     """Encrypts and decrypts personal fields with each data subject's own key, and seals
     state that must not be altered unnoticed (implemented by `eventsourcing_app.privacy`)."""
 

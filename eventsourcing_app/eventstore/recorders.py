@@ -183,12 +183,14 @@ class DjangoRecorder:
     # --- append ------------------------------------------------------------------------
 
     def append(self, stream_id: str, stream_type: str, expected: int, events: Sequence[PendingEvent],
-               new_key: NewKey | None = None) -> AppendOutcome:
+               new_key: NewKey | None = None, subject_keys: dict[str, bytes | None] | None = None) -> AppendOutcome:
+        """`subject_keys`: for each data subject of the events, the stored (wrapped) key the
+        caller encrypted with, or None for the new key it passes."""
         self.connection()
         ids = [e.event_id for e in events]
         try:
             with transaction.atomic(using=self.alias):  # a savepoint inside a caller's transaction
-                return self._append(stream_id, stream_type, expected, events, new_key)
+                return self._append(stream_id, stream_type, expected, events, new_key, subject_keys or {})
         except _Refused as refused:
             outcome = refused.outcome
             if outcome.outcome == "conflict":
@@ -199,12 +201,14 @@ class DjangoRecorder:
             found = self._find_stored(stream_id, ids, expected, None, None)
             return found or AppendOutcome("conflict", self.stream_version(stream_id), None, ())
 
-    def _append(self, stream_id, stream_type, expected, events, new_key) -> AppendOutcome:
+    def _append(self, stream_id, stream_type, expected, events, new_key, subject_keys) -> AppendOutcome:
+        from django.db.models.functions import Now
+
         from ..models import Event, Stream, SubjectKey, SubjectStream
 
         now = datetime.now(timezone.utc)
         streams = Stream.objects.using(self.alias)
-        stream = streams.select_for_update().filter(pk=stream_id).first()
+        stream = streams.select_for_update(no_key=True).filter(pk=stream_id).first()
         if stream is None:
             if expected >= 1 or expected == ExpectedVersion.STREAM_EXISTS:
                 raise _Refused(AppendOutcome("conflict", 0, None, ()))
@@ -212,7 +216,7 @@ class DjangoRecorder:
             streams.bulk_create([Stream(stream_id=stream_id, stream_type=stream_type, version=0,
                                         published_version=0, last_hash=GENESIS_HASH, created_at=now,
                                         updated_at=now)], ignore_conflicts=True)
-            stream = streams.select_for_update().get(pk=stream_id)
+            stream = streams.select_for_update(no_key=True).get(pk=stream_id)
         version, published, epoch = stream.version, stream.published_version, stream.publication_epoch
         if stream.migrated_to:
             raise _Refused(AppendOutcome("closed", version, published, (), detail=stream.migrated_to, epoch=epoch))
@@ -225,14 +229,18 @@ class DjangoRecorder:
             if not created:
                 raise _Refused(AppendOutcome("key_exists", version, published, (), detail=new_key.subject))
         subjects = sorted({e.data_subject for e in events if e.data_subject})
-        if subjects:
-            rows = dict(keys.select_for_update().filter(pk__in=subjects).values_list("subject", "wrapped_key"))
-            erased = [s for s in subjects if s in rows and rows[s] is None]
+        existing = [s for s in subjects if new_key is None or s != new_key.subject]
+        if existing:
+            rows = self._share_locked_keys(existing)
+            erased = [s for s in existing if s in rows and rows[s] is None]
             if erased:
                 raise _Refused(AppendOutcome("erased", version, published, (), detail=erased[0]))
-            missing = [s for s in subjects if s not in rows]
+            missing = [s for s in existing if s not in rows]
             if missing:
                 raise _Refused(AppendOutcome("key_missing", version, published, (), detail=missing[0]))
+            changed = [s for s in existing if subject_keys.get(s) is not None and bytes(rows[s]) != subject_keys[s]]
+            if changed:
+                raise _Refused(AppendOutcome("key_changed", version, published, (), detail=changed[0]))
 
         chain = bytes(stream.last_hash)
         rows, hashes = [], []
@@ -242,7 +250,7 @@ class DjangoRecorder:
             rows.append(Event(
                 event_id=pending.event_id, stream_id=stream_id, version=version + offset,
                 event_type=pending.event_type, schema_version=pending.schema_version,
-                occurred_at=pending.occurred_at, recorded_at=now, correlation_id=pending.correlation_id,
+                occurred_at=pending.occurred_at, recorded_at=Now(), correlation_id=pending.correlation_id,
                 causation_id=pending.causation_id, actor=pending.actor, data_subject=pending.data_subject,
                 payload=pending.payload, chain_hash=chain))
         created = Event.objects.using(self.alias).bulk_create(rows)
@@ -252,6 +260,19 @@ class DjangoRecorder:
         streams.filter(pk=stream_id).update(version=new_version, last_hash=chain, updated_at=now)
         return AppendOutcome("appended", new_version, published, tuple(e.position for e in created), tuple(hashes),
                              epoch=epoch)
+
+    def _share_locked_keys(self, subjects: list[str]) -> dict[str, bytes | None]:
+        """The subjects' key rows, share-locked where the database can (an erasure, which
+        updates the row, waits for this append; SQLite has one writer at a time anyway)."""
+        from ..models import SubjectKey
+
+        db = connections[self.alias]
+        if db.vendor == "postgresql":
+            with db.cursor() as cursor:
+                cursor.execute("SELECT subject, wrapped_key FROM privacy_subject_key WHERE subject = ANY(%s) FOR SHARE",
+                               [subjects])
+                return dict(cursor.fetchall())
+        return dict(SubjectKey.objects.using(self.alias).filter(pk__in=subjects).values_list("subject", "wrapped_key"))
 
     def _find_stored(self, stream_id: str, ids: list, expected: int, published: int | None,
                      epoch: int | None) -> AppendOutcome | None:
@@ -378,8 +399,10 @@ class DjangoRecorder:
         now = datetime.now(timezone.utc)
         self.connection()
         with transaction.atomic(using=self.alias):
-            epochs = dict(Stream.objects.using(self.alias).filter(pk__in={p.stream_id for p in publications})
-                          .values_list("stream_id", "publication_epoch"))
+            # Locked in stream id order, as every multi-stream writer takes them (no deadlocks).
+            epochs = dict(Stream.objects.using(self.alias).select_for_update(no_key=True).filter(
+                pk__in={p.stream_id for p in publications}).order_by("stream_id")
+                .values_list("stream_id", "publication_epoch"))
             current = [p for p in publications if epochs.get(p.stream_id) == p.epoch]  # not from before a refill
             for pub in current:
                 Event.objects.using(self.alias).filter(position=pub.global_position).update(
@@ -417,7 +440,7 @@ class DjangoRecorder:
         ago by the database's clock (an event's own occurred_at plays no part)."""
         from ..models import Event
 
-        cutoff = self._db_now() - timedelta(seconds=grace_seconds)
+        cutoff = self.database_now() - timedelta(seconds=grace_seconds)
         heads = Event.objects.using(self.alias).filter(
             stream__version__gt=F("stream__published_version"), version=F("stream__published_version") + 1,
             recorded_at__lt=cutoff)
@@ -448,14 +471,17 @@ class DjangoRecorder:
         return dict(Stream.objects.using(self.alias).filter(pk__in=list(stream_ids))
                     .values_list("stream_id", "published_version"))
 
-    def publication_epochs(self, stream_ids: Sequence[str]) -> dict[str, int]:
+    def publication_state(self, stream_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """stream -> (published version, publication epoch)."""
         from ..models import Stream
 
-        return dict(Stream.objects.using(self.alias).filter(pk__in=list(stream_ids))
-                    .values_list("stream_id", "publication_epoch"))
+        return {sid: (published, epoch) for sid, published, epoch in Stream.objects.using(self.alias).filter(
+            pk__in=list(stream_ids)).values_list("stream_id", "published_version", "publication_epoch")}
 
-    def stream_ids_chunks(self, stream_types: Sequence[str] | None, chunk: int) -> Iterator[list[str]]:
-        """Every stream id (of these types), in chunks, by keyset (no long scan held open)."""
+    def stream_ids_chunks(self, stream_types: Sequence[str] | None, chunk: int,
+                          created_since: datetime | None = None) -> Iterator[list[str]]:
+        """Every stream id (of these types; created since a moment, if given), in chunks, by
+        keyset (no long scan held open)."""
         from ..models import Stream
 
         after = ""
@@ -463,6 +489,8 @@ class DjangoRecorder:
             query = Stream.objects.using(self.alias).filter(stream_id__gt=after)
             if stream_types:
                 query = query.filter(stream_type__in=stream_types)
+            if created_since is not None:
+                query = query.filter(created_at__gte=created_since)
             ids = list(query.order_by("stream_id").values_list("stream_id", flat=True)[:chunk])
             if not ids:
                 return
@@ -490,6 +518,26 @@ class DjangoRecorder:
             query = query.filter(stream_type__in=list(stream_types))
         totals = query.aggregate(streams=Count("stream_id"), events=Sum("version"))
         return totals["streams"] or 0, totals["events"] or 0
+
+    def begin_maintenance(self, name: str, detail: str) -> datetime:
+        """Marks `name` in progress (replacing an unfinished one); returns its start (database clock)."""
+        from ..models import Maintenance
+
+        started = self.database_now()
+        Maintenance.objects.using(self.alias).update_or_create(name=name, defaults={"started_at": started,
+                                                                                    "detail": detail})
+        return started
+
+    def end_maintenance(self, name: str) -> None:
+        from ..models import Maintenance
+
+        Maintenance.objects.using(self.alias).filter(name=name).delete()
+
+    def maintenance(self) -> list[tuple[str, datetime, str]]:
+        from ..models import Maintenance
+
+        return [(name, _aware(started), detail) for name, started, detail in
+                Maintenance.objects.using(self.alias).values_list("name", "started_at", "detail")]
 
     def record_poison(self, position: int, stream_id: str, version: int, error: str) -> int:
         """Records (or counts again) an event Kafka refused for good; returns its attempts."""
@@ -567,7 +615,13 @@ class DjangoRecorder:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _db_now(self) -> datetime:
+    def database_now(self) -> datetime:
+        """The database's clock (the one recorded_at and created_at follow)."""
+        db = self.connection()
+        if db.vendor == "postgresql":
+            with db.cursor() as cursor:
+                cursor.execute("SELECT clock_timestamp()")
+                return cursor.fetchone()[0]
         return datetime.now(timezone.utc)
 
     # --- snapshots ---------------------------------------------------------------------
@@ -672,12 +726,6 @@ class DjangoRecorder:
             query = query.filter(stream_id=stream_id)
         return list(query.values_list("stream_id", "version"))
 
-    def count_streams(self, stream_id: str | None = None) -> int:
-        from ..models import Stream
-
-        query = Stream.objects.using(self.alias)
-        return (query.filter(pk=stream_id) if stream_id else query).count()
-
     def unpublished_count(self, stream_id: str | None = None) -> int:
         from ..models import Event
 
@@ -710,8 +758,27 @@ class DjangoRecorder:
 
         if not connections[self.alias].in_atomic_block:
             raise EventStoreError("lock_stream needs a transaction (wrap the call in transaction.atomic())")
-        found = Stream.objects.using(self.alias).select_for_update().filter(pk=stream_id).exists()
+        found = Stream.objects.using(self.alias).select_for_update(no_key=True).filter(pk=stream_id).exists()
         return self.stream(stream_id) if found else None
+
+    def check_versions(self, expected: dict[str, int]) -> tuple[str, int] | None:
+        """Share-locks these streams until the caller's transaction ends and returns the first
+        whose version is not the one given (0: the stream must not exist), with its version, or
+        None. A command that decided on what it read cannot commit after that changed."""
+        from ..models import Stream
+
+        if not connections[self.alias].in_atomic_block:
+            raise EventStoreError("check_versions needs a transaction (wrap the call in transaction.atomic())")
+        ids = sorted(expected)
+        db = connections[self.alias]
+        if db.vendor == "postgresql":
+            with db.cursor() as cursor:
+                cursor.execute("SELECT stream_id, version FROM eventstore_stream WHERE stream_id = ANY(%s) "
+                               "ORDER BY stream_id FOR SHARE", [ids])
+                found = dict(cursor.fetchall())
+        else:
+            found = dict(Stream.objects.using(self.alias).filter(pk__in=ids).values_list("stream_id", "version"))
+        return next(((sid, found.get(sid, 0)) for sid in ids if found.get(sid, 0) != expected[sid]), None)
 
     def link_migration(self, old_stream_id: str, new_stream_id: str) -> None:
         """Closes the old stream (its appends are refused, naming the new one) and links both."""
@@ -745,7 +812,7 @@ class DjangoRecorder:
 _APPEND_SQL = (
     "SELECT outcome, stream_version, published_version, positions, hashes, detail, epoch FROM eventstore_append("
     "%s, %s, %s, %b::uuid[], %b::text[], %b::int[], %b::timestamptz[], %b::text[], %b::text[], "
-    "%b::text[], %b::text[], %b::bytea[], %b::bytea[], %s::text, %b::bytea, %s::text, %b::text[])"
+    "%b::text[], %b::text[], %b::bytea[], %b::bytea[], %s::text, %b::bytea, %s::text, %b::text[], %b::bytea[])"
 )
 
 # The subject's key row comes with the events: one round trip, and a key destroyed by an
@@ -779,7 +846,9 @@ class PostgresRecorder(DjangoRecorder):
     lookup and per cache check."""
 
     def append(self, stream_id: str, stream_type: str, expected: int, events: Sequence[PendingEvent],
-               new_key: NewKey | None = None) -> AppendOutcome:
+               new_key: NewKey | None = None, subject_keys: dict[str, bytes | None] | None = None) -> AppendOutcome:
+        subjects = sorted({e.data_subject for e in events if e.data_subject is not None})
+        subject_keys = subject_keys or {}
         # A server-side-binding psycopg cursor and a prepared statement (Django's cursors bind
         # client-side: they would quote 13 arrays into the SQL text each time).
         db = self.connection()
@@ -792,7 +861,7 @@ class PostgresRecorder(DjangoRecorder):
                 [e.actor for e in events], [e.data_subject for e in events], [e.payload for e in events],
                 [e.digest for e in events],
                 new_key and new_key.subject, new_key and new_key.wrapped, new_key and new_key.master_key_id,
-                sorted({e.data_subject for e in events if e.data_subject is not None}),
+                subjects, [subject_keys.get(subject) for subject in subjects],
             ], prepare=True, binary=True).fetchone()
         outcome, version, published, positions, hashes, detail, epoch = row
         return AppendOutcome(outcome, version, published, tuple(positions or ()), tuple(map(bytes, hashes or ())),
@@ -842,6 +911,10 @@ class PostgresRecorder(DjangoRecorder):
         now = datetime.now(timezone.utc)
         self.connection()
         with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
+            # The stream rows first, in one order (stream id), as every multi-stream writer
+            # takes them: no deadlock with a unit of work saving several aggregates.
+            cursor.execute("SELECT 1 FROM eventstore_stream WHERE stream_id = ANY(%s) ORDER BY stream_id "
+                           "FOR NO KEY UPDATE", [sorted({p.stream_id for p in publications})])
             # Acknowledgements of sends from before a refill (an older epoch) are ignored: the
             # batch's few (stream, epoch) pairs are checked once, not once per event.
             cursor.execute(
@@ -877,11 +950,6 @@ class PostgresRecorder(DjangoRecorder):
             if held:
                 with contextlib.suppress(DatabaseError), db.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [_RELAY_LOCK_ID])
-
-    def _db_now(self) -> datetime:
-        with self.connection().cursor() as cursor:
-            cursor.execute("SELECT now()")
-            return cursor.fetchone()[0]
 
     def outbox_heads(self, grace_seconds: float, limit: int, stream_types: Sequence[str] | None = None,
                      held: Sequence[str] = ()) -> list[str]:

@@ -28,6 +28,7 @@ from .errors import (
     StoreUnavailableError,
     StreamClosedError,
     SubjectErasedError,
+    TransientStoreError,
     UnknownStreamTypeError,
 )
 from .integrity import content_digest
@@ -47,6 +48,7 @@ _BAD_METADATA = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # and batch framing. Generous on purpose: an event must never be too large for Kafka.
 _KAFKA_FIXED_OVERHEAD = 512
 _KEY_ATTEMPTS = 3
+_TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 
 
 class EventStore:
@@ -93,8 +95,9 @@ class EventStore:
         keys = self.field_protection.for_append()
         for _ in range(_KEY_ATTEMPTS):
             pending = self._prepare(stream_id, events, context, keys)
-            outcome = self._record(stream_id, stream_type, int(expected_version), pending, keys.new_key)
-            if outcome.outcome not in ("key_exists", "key_missing"):
+            outcome = self._record(stream_id, stream_type, int(expected_version), pending, keys.new_key,
+                                   keys.subject_keys)
+            if outcome.outcome not in ("key_exists", "key_missing", "key_changed"):
                 break
             # Another process stored this subject's key first, or a key this process made was
             # rolled back with its transaction: encrypt again with the stored key.
@@ -103,8 +106,10 @@ class EventStore:
             raise EventStoreError(f"the data key of {outcome.detail} changed during {_KEY_ATTEMPTS} attempts to "
                                   f"append to {stream_id}; retry the append")
         result = self._result(stream_id, expected_version, pending, outcome)
-        if outcome.outcome == "appended":
-            keys.stored()
+        if outcome.outcome == "appended" and keys.new_key is not None:
+            # Kept for later appends only once committed: a key rolled back with the caller's
+            # transaction must never encrypt anything again.
+            transaction.on_commit(keys.stored, using=self.recorder.alias, robust=True)
         if result.idempotent:
             logger.info("re-append of %d events to %s at version %d was already stored", len(pending), stream_id,
                         result.first_version)
@@ -127,10 +132,18 @@ class EventStore:
                                   using=self.recorder.alias, robust=True)
         return result
 
-    def _record(self, stream_id, stream_type, expected, pending, new_key) -> AppendOutcome:
+    def _record(self, stream_id, stream_type, expected, pending, new_key, subject_keys) -> AppendOutcome:
         try:
-            return self.recorder.append(stream_id, stream_type, expected, pending, new_key)
-        except (OperationalError, InterfaceError) as exc:
+            return self.recorder.append(stream_id, stream_type, expected, pending, new_key, subject_keys)
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+                raise TransientStoreError(
+                    f"the append to {stream_id} met a deadlock or a serialization failure and stored nothing: "
+                    "run the whole operation again") from exc
+            raise StoreUnavailableError(
+                f"the database connection failed during the append to {stream_id} ({_first_line(exc)}); whether it "
+                "was stored is unknown: retry the same append (re-appending the same events is idempotent)") from exc
+        except InterfaceError as exc:
             raise StoreUnavailableError(
                 f"the database connection failed during the append to {stream_id} ({_first_line(exc)}); whether it "
                 "was stored is unknown: retry the same append (re-appending the same events is idempotent)") from exc

@@ -38,6 +38,7 @@ from .topics import check_topics
 logger = logging.getLogger(__name__)
 
 _RETRY_CONNECT_SECONDS = 2.0
+FIRST_CONNECT_WAIT_SECONDS = 2.0  # once per process; then the relay publishes what waited
 # Positions are recorded in batches: at most this long after the first acknowledgement waits,
 # at once when this many wait, or when somebody flushes. One UPDATE per batch, not per event.
 _RECORD_INTERVAL_SECONDS = 0.05
@@ -95,6 +96,7 @@ class EventPublisher:
         self.replacements = 0  # producers replaced after faults (metric-ready)
         self.poison_events = 0  # events Kafka refused for good (metric-ready)
         self.last_error: str | None = None
+        self._first_connect_done = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_thread()  # last: it reads every attribute above
         atexit.register(self.close)
@@ -117,6 +119,7 @@ class EventPublisher:
                          events: Sequence[StoredEvent], epoch: int | None = 0) -> bool:
         """Publishes a fresh append if that keeps stream order; False leaves it to the relay."""
         self._ensure_thread()
+        self._await_first_connection()
         with self._lock:
             before, epoch = first_version - 1, epoch or 0
             tail = self._tails.get(stream_id)
@@ -132,6 +135,7 @@ class EventPublisher:
         """Publishes events in the given (per-stream version) order, each stream in the
         publication epoch given; used by the relay and the refill."""
         self._ensure_thread()
+        self._await_first_connection()
         with self._lock:
             return self._produce(events, epochs)
 
@@ -204,33 +208,48 @@ class EventPublisher:
         """Produces one record (a snapshot, or a tombstone with value None) and waits for its
         acknowledgement: (topic, partition, offset), or None if Kafka did not take it. With
         `wait=False` it returns None at once; a failed delivery is logged."""
-        if not self.ensure_connected(timeout if wait else 0.5):
+        if wait:
+            if not self.ensure_connected(timeout):
+                return None
+        elif self._current_producer() is None:
+            logger.warning("Kafka is not connected: the record for %s in %s was not published", key, topic)
             return None
         done, result = threading.Event(), []
 
         def delivered(err, msg):
             result.append(None if err is not None else (msg.topic(), msg.partition(), msg.offset()))
-            if err is not None and not wait:
-                logger.warning("Kafka did not take the record for %s in %s: %s", key, topic, err)
+            if err is not None:
+                if not wait:
+                    logger.warning("Kafka did not take the record for %s in %s: %s", key, topic, err)
+                if err.code() not in PERMANENT_ERRORS:
+                    self._replace_producer(f"a record for {key} was not delivered: {err}")
             done.set()
 
+        producer = self._producer
         try:
-            self._producer.produce(topic, key=key.encode(), value=value, headers=headers, on_delivery=delivered)
-        except (BufferError, KafkaException) as exc:
+            producer.produce(topic, key=key.encode(), value=value, headers=headers, on_delivery=delivered)
+        except BufferError as exc:
             logger.warning("could not hand a record for %s to Kafka: %s", key, exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a fatal or unexpected error: a new producer
+            self._replace_producer(f"could not hand a record for {key} to Kafka: {exc}")
             return None
         if not wait:
             return None
         if not done.wait(timeout):
+            self._replace_producer(f"a record for {key} was not acknowledged within {timeout:.0f}s")
             return None
         return result[0]
 
+    def _await_first_connection(self) -> None:
+        """Connecting happens in the background thread, from the publisher's start: a hand-off
+        waits for the very first connection of the process for at most
+        FIRST_CONNECT_WAIT_SECONDS, never longer (not holding the lock the connection takes)."""
+        if not self._first_connect_done.is_set():
+            self._first_connect_done.wait(FIRST_CONNECT_WAIT_SECONDS)
+
     def _current_producer(self) -> Producer | None:
-        """The usable producer, or None. Only the very first call connects in the caller's
-        thread (start-up); later (re)connections happen in the background thread, so an
-        append never waits for an absent broker."""
-        if self._producer is None and self._last_connect_attempt == 0.0:
-            self._connect()
+        """The usable producer, or None (the outbox relay publishes then)."""
         if self._replace:
             return None
         return self._producer
@@ -315,6 +334,11 @@ class EventPublisher:
 
     def _serve(self) -> None:
         try:
+            if not self._first_connect_done.is_set():
+                try:
+                    self._connect()
+                finally:
+                    self._first_connect_done.set()
             while not self._stopped.is_set():
                 try:
                     self._serve_once()

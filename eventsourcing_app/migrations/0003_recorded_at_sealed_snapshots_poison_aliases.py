@@ -1,5 +1,6 @@
-# The store's own clock on every event (recorded_at), sealed snapshots, poison events,
-# subject aliases and the permit table of guarded snapshot deletes.
+# The store's own clock on every event (recorded_at), publication epochs, sealed snapshots,
+# poison events, subject aliases, the maintenance marker and the permit table of guarded
+# snapshot deletes.
 
 import django.utils.timezone
 from django.db import migrations, models
@@ -53,6 +54,15 @@ class Migration(migrations.Migration):
                 ("last_seen", models.DateTimeField()),
             ],
             options={"db_table": "eventstore_poison_event"},
+        ),
+        migrations.CreateModel(
+            name="Maintenance",
+            fields=[
+                ("name", models.CharField(max_length=40, primary_key=True, serialize=False)),
+                ("started_at", models.DateTimeField()),
+                ("detail", models.TextField()),
+            ],
+            options={"db_table": "eventstore_maintenance"},
         ),
         migrations.CreateModel(
             name="SubjectAlias",

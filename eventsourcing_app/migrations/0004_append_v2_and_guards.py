@@ -77,7 +77,8 @@ BEGIN
             USING ERRCODE = 'restrict_violation';
     END IF;
     IF NEW.subject IS DISTINCT FROM OLD.subject
-       OR (OLD.wrapped_key IS NULL AND NEW.wrapped_key IS NOT NULL) THEN
+       OR (OLD.wrapped_key IS NULL AND NEW.wrapped_key IS NOT NULL)
+       OR (OLD.destroyed_at IS NOT NULL AND NEW.destroyed_at IS DISTINCT FROM OLD.destroyed_at) THEN
         RAISE EXCEPTION 'the data key of % was destroyed (erased); it cannot be restored or renamed', OLD.subject
             USING ERRCODE = 'restrict_violation';
     END IF;
@@ -137,14 +138,16 @@ END $$;
 -- p_expected: >= 0 exact version, -1 no stream, -2 any, -4 stream exists.
 -- Outcomes: 'appended', 'idempotent', 'conflict', 'duplicate', 'closed' (detail: the stream
 -- it was migrated to), 'erased' (detail: the subject), 'key_exists' (a new data key lost a
--- race: encrypt with the stored one), 'key_missing' (detail: a subject without a key row).
+-- race: encrypt with the stored one), 'key_missing' (detail: a subject without a key row),
+-- 'key_changed' (detail: a subject whose stored key is not the one the caller used).
 -- stream_version is the version after the call (the actual version on conflict); the
 -- published version and the publication epoch are the stream's before the call.
 CREATE OR REPLACE FUNCTION eventstore_append(
     p_stream_id text, p_stream_type text, p_expected bigint,
     p_event_ids uuid[], p_event_types text[], p_schema_versions int[], p_occurred_at timestamptz[],
     p_correlation_ids text[], p_causation_ids text[], p_actors text[], p_subjects text[], p_payloads bytea[],
-    p_digests bytea[], p_key_subject text, p_key_wrapped bytea, p_key_master text, p_distinct_subjects text[]
+    p_digests bytea[], p_key_subject text, p_key_wrapped bytea, p_key_master text, p_distinct_subjects text[],
+    p_subject_wrapped bytea[]
 ) RETURNS TABLE(outcome text, stream_version bigint, published_version bigint, positions bigint[], hashes bytea[],
                 detail text, epoch int)
 LANGUAGE plpgsql AS $$
@@ -158,10 +161,11 @@ DECLARE
     v_closed text;
     v_hashes bytea[] := ARRAY[]::bytea[];
     v_positions bigint[];
-    v_subjects text[] := p_distinct_subjects;  -- the caller's distinct non-null p_subjects
-    v_existing int := cardinality(p_distinct_subjects) - (p_key_subject IS NOT NULL)::int;
+    v_subjects text[] := coalesce(p_distinct_subjects, ARRAY[]::text[]);  -- the distinct non-null p_subjects
+    v_existing int;
     v_locked int;
     v_erased text;
+    v_changed text;
     v_outcome text;
     v_detail text;
     f_outcome text;
@@ -169,12 +173,17 @@ DECLARE
     f_positions bigint[];
     f_detail text;
 BEGIN
+    -- The caller lists the distinct subjects (cheaper in the client); never trusted blindly.
+    IF NOT (array_remove(p_subjects, NULL) <@ v_subjects) THEN
+        RAISE EXCEPTION 'eventstore_append: p_distinct_subjects must list every subject of p_subjects';
+    END IF;
+    v_existing := cardinality(v_subjects) - (CASE WHEN p_key_subject = ANY(v_subjects) THEN 1 ELSE 0 END);
     -- One subtransaction: a refusal (raised as ES001) or a unique violation undoes whatever
     -- this call wrote (a new stream row, a new key) and becomes an outcome, not an error.
     BEGIN
         SELECT s.version, s.published_version, s.publication_epoch, s.last_hash, s.migrated_to
           INTO v_version, v_published, v_epoch, v_hash, v_closed
-          FROM eventstore_stream s WHERE s.stream_id = p_stream_id FOR UPDATE;
+          FROM eventstore_stream s WHERE s.stream_id = p_stream_id FOR NO KEY UPDATE;
         IF NOT FOUND THEN
             v_version := 0;
             IF p_expected >= 1 OR p_expected = -4 THEN
@@ -187,7 +196,7 @@ BEGIN
             -- Ours, or the row another writer committed meanwhile (checked like any other).
             SELECT s.version, s.published_version, s.publication_epoch, s.last_hash, s.migrated_to
               INTO v_version, v_published, v_epoch, v_hash, v_closed
-              FROM eventstore_stream s WHERE s.stream_id = p_stream_id FOR UPDATE;
+              FROM eventstore_stream s WHERE s.stream_id = p_stream_id FOR NO KEY UPDATE;
         END IF;
         IF v_closed IS NOT NULL THEN
             v_outcome := 'closed';
@@ -214,12 +223,23 @@ BEGIN
             -- Share-locked: an erasure (an UPDATE of the row) waits for this append, and an
             -- append after the erasure sees the key destroyed. (A key this call inserted is
             -- its own already.)
-            SELECT count(*), min(k.subject) FILTER (WHERE k.wrapped_key IS NULL) INTO v_locked, v_erased
+            -- The caller names the stored key it encrypted with: another one (a key it made
+            -- in a transaction that rolled back, while another process stored its own) is
+            -- refused, and the caller encrypts again with the stored key.
+            SELECT count(*), min(k.subject) FILTER (WHERE k.wrapped_key IS NULL),
+                   min(k.subject) FILTER (WHERE k.wrapped_key IS NOT NULL AND x.w IS NOT NULL AND k.wrapped_key <> x.w)
+              INTO v_locked, v_erased, v_changed
               FROM (SELECT subject, wrapped_key FROM privacy_subject_key
-                     WHERE subject = ANY(v_subjects) AND subject IS DISTINCT FROM p_key_subject FOR SHARE) AS k;
+                     WHERE subject = ANY(v_subjects) AND subject IS DISTINCT FROM p_key_subject FOR SHARE) AS k
+              JOIN unnest(v_subjects, p_subject_wrapped) AS x(s, w) ON x.s = k.subject;
             IF v_erased IS NOT NULL THEN
                 v_outcome := 'erased';
                 v_detail := v_erased;
+                RAISE SQLSTATE 'ES001';
+            END IF;
+            IF v_changed IS NOT NULL THEN
+                v_outcome := 'key_changed';
+                v_detail := v_changed;
                 RAISE SQLSTATE 'ES001';
             END IF;
             IF v_locked < v_existing THEN
@@ -279,7 +299,7 @@ BEGIN
               FROM eventstore_find_stored(p_stream_id, p_event_ids, p_expected) AS f;
             IF FOUND THEN
                 v_outcome := f_outcome;
-                v_version := f_version;
+                v_version := coalesce(f_version, v_version);
                 v_positions := f_positions;
                 v_detail := f_detail;
             ELSE
@@ -291,19 +311,6 @@ BEGIN
     END;
     RETURN QUERY SELECT 'appended'::text, v_version + v_count, v_published, v_positions, v_hashes, NULL::text, v_epoch;
 END $$;
-"""
-
-POSTGRES_BACKWARD = r"""
-DROP FUNCTION IF EXISTS eventstore_append(text, text, bigint, uuid[], text[], int[], timestamptz[], text[], text[], text[], text[], bytea[], bytea[], text, bytea, text, text[]);
-DROP FUNCTION IF EXISTS eventstore_find_stored(text, uuid[], bigint);
-DROP TRIGGER IF EXISTS eventstore_snapshot_no_update ON eventstore_snapshot;
-DROP TRIGGER IF EXISTS eventstore_snapshot_guarded_delete ON eventstore_snapshot;
-DROP TRIGGER IF EXISTS eventstore_snapshot_no_truncate ON eventstore_snapshot;
-DROP FUNCTION IF EXISTS eventstore_snapshot_guard();
-DROP TRIGGER IF EXISTS privacy_subject_key_no_restore ON privacy_subject_key;
-DROP TRIGGER IF EXISTS privacy_subject_key_no_delete ON privacy_subject_key;
-DROP TRIGGER IF EXISTS privacy_subject_key_no_truncate ON privacy_subject_key;
-DROP FUNCTION IF EXISTS privacy_subject_key_guard();
 """
 
 _EVENT_COLUMNS = ("position, event_id, stream_id, version, event_type, schema_version, occurred_at, recorded_at, "
@@ -327,16 +334,9 @@ SQLITE_FORWARD = [
        BEGIN SELECT RAISE(ABORT, 'data keys are destroyed by erasure (wrapped key set to NULL), never deleted'); END""",
     """CREATE TRIGGER privacy_subject_key_no_restore BEFORE UPDATE ON privacy_subject_key
        WHEN NEW.subject IS NOT OLD.subject OR (OLD.wrapped_key IS NULL AND NEW.wrapped_key IS NOT NULL)
+            OR (OLD.destroyed_at IS NOT NULL AND NEW.destroyed_at IS NOT OLD.destroyed_at)
        BEGIN SELECT RAISE(ABORT, 'the data key was destroyed (erased); it cannot be restored or renamed'); END""",
 ]
-SQLITE_BACKWARD = [
-    "DROP TRIGGER IF EXISTS eventstore_snapshot_no_update",
-    "DROP TRIGGER IF EXISTS eventstore_snapshot_guarded_delete",
-    "DROP TRIGGER IF EXISTS privacy_subject_key_no_delete",
-    "DROP TRIGGER IF EXISTS privacy_subject_key_no_restore",
-]
-
-
 def _run(schema_editor, postgres: str, sqlite: list[str]) -> None:
     # Executed without parameters, so that '%' in PL/pgSQL messages is not a placeholder.
     vendor = schema_editor.connection.vendor
@@ -350,10 +350,8 @@ def forward(apps, schema_editor):
     _run(schema_editor, POSTGRES_FORWARD, SQLITE_FORWARD)
 
 
-def backward(apps, schema_editor):
-    _run(schema_editor, POSTGRES_BACKWARD, SQLITE_BACKWARD)
-
-
 class Migration(migrations.Migration):
+    # Not reversible: going back would leave 0002's triggers and append function pointing at
+    # columns that no longer exist. An event store is restored from a backup, not migrated back.
     dependencies = [("eventsourcing_app", "0003_recorded_at_sealed_snapshots_poison_aliases")]
-    operations = [migrations.RunPython(forward, backward)]
+    operations = [migrations.RunPython(forward)]

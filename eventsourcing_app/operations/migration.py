@@ -26,7 +26,7 @@ from typing import Callable
 from django.db import transaction
 
 from ..domain.events import DomainEvent
-from ..eventstore import EventStoreError, ExpectedVersion, deserialize_event, get_event_store
+from ..eventstore import EventStoreError, ExpectedVersion, build_event_store, deserialize_event, get_event_store
 from ..eventstore.serialization import parse_stream_id, subject_name
 
 _MIGRATION_NAMESPACE = uuid.UUID("2f7a8d0c-5b1e-4c39-9a53-7d1f3e6b2a90")
@@ -66,6 +66,9 @@ def migrate_stream(old_stream_id: str, new_stream_id: str, *, actor: str | None 
     if old_stream_id == new_stream_id:
         raise EventStoreError("the new stream id must differ from the old one")
     store = get_event_store()
+    # The copies are not handed to Kafka on commit (that would keep every copied event in
+    # memory until then): the outbox relay publishes them, a batch at a time.
+    copier = build_event_store(publish=False)
     recorder = store.recorder
     copied = dropped = 0
     aliases: set[tuple[str, str]] = set()
@@ -99,7 +102,7 @@ def migrate_stream(old_stream_id: str, new_stream_id: str, *, actor: str | None 
                         aliases.add((before, after))
                     migrated.append(new_event)
             if migrated:
-                result = store.append_events_sync(
+                result = copier.append_events_sync(
                     new_stream_id, migrated, expected_version=version or ExpectedVersion.NO_STREAM,
                     correlation_id=f"migrate:{old_stream_id}"[:100], actor=actor)
                 version = result.last_version

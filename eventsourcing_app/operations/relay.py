@@ -13,10 +13,12 @@ events to publish, from `published_version + 1` on, in version order. The relay
 - leaves a stream whose next event Kafka refused for good (a poison event) alone for a while
   instead of retrying it every second, so the other streams keep flowing.
 
-The refill publishes every stored event again, for a broker that came back empty. It moves
-every stream to a new publication epoch first (acknowledgements of sends from before no
-longer count; fresh appends leave the stream to the refill), lets sends in flight settle,
-optionally empties the topics, then relays everything in per-stream version order.
+The refill publishes every stored event again, for a broker that came back empty. It marks
+itself in progress (the relay publishes nothing until it is done, also if it crashes), moves
+every stream to a new publication epoch (acknowledgements of sends from before no longer
+count; fresh appends leave the stream to the refill), lets sends in flight settle, optionally
+empties the topics, moves the streams created meanwhile too, then relays everything in
+per-stream version order.
 """
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ class RefillRefused(EventStoreError):
     """The refill would duplicate or misorder what the topics hold; nothing was done."""
 
 
+class RefillUnfinishedError(KafkaUnavailableError):
+    """A refill stopped between marking the streams and emptying the topics: the relay must
+    not publish into those topics until a refill completes."""
+
+
 @dataclass
 class RelayReport:
     published: int = 0
@@ -63,6 +70,11 @@ def outbox_backlog(store: EventStore, stream_types: Sequence[str] | None = None)
     return store.recorder.outbox_backlog(stream_types)
 
 
+def poison_report(store: EventStore) -> list[dict]:
+    """The events Kafka refused for good that still hold their streams."""
+    return store.recorder.poison_events()
+
+
 def relay_outbox(store: EventStore, *, grace_seconds: float = 0.0, batch_size: int = 5000,
                  progress: Callable[[RelayReport], None] | None = None, flush_timeout: float = 60.0,
                  force_new_producer: bool = False, stream_types: Sequence[str] | None = None,
@@ -75,6 +87,12 @@ def relay_outbox(store: EventStore, *, grace_seconds: float = 0.0, batch_size: i
     with store.recorder.relay_lock() as held:
         if not held:
             return RelayReport(skipped=True)
+        unfinished = store.recorder.maintenance()
+        if unfinished:
+            name, started, detail = unfinished[0]
+            raise RefillUnfinishedError(
+                f"a {name} started at {started:%Y-%m-%d %H:%M:%S} UTC did not finish ({detail}); nothing is published "
+                "until it does: run `manage.py refill_kafka` again with the same options")
         return _relay(store, grace_seconds, batch_size, progress, flush_timeout, force_new_producer, stream_types,
                       time_budget)
 
@@ -98,9 +116,10 @@ def _relay(store, grace_seconds, batch_size, progress, flush_timeout, force_new_
         stream_ids = recorder.outbox_heads(grace_seconds, batch_size, stream_types, held)
         if not stream_ids:
             break
-        epochs = recorder.publication_epochs(stream_ids)
+        state = recorder.publication_state(stream_ids)
+        epochs = {sid: epoch for sid, (_, epoch) in state.items()}
+        before = {sid: published for sid, (published, _) in state.items()}
         events = recorder.unpublished_events(stream_ids, batch_size)
-        before = recorder.published_versions(stream_ids)
         if not publisher.publish_backlog(events, epochs) or not publisher.flush(flush_timeout):
             break
         after = recorder.published_versions(stream_ids)
@@ -178,6 +197,9 @@ def refill_kafka(store: EventStore, *, progress: Callable[[RelayReport], None] |
                 "duplicate them and put each stream's oldest events after its newest. Use --recreate-topics to "
                 "empty the topics first (consumers then start again from offset 0), or --force to publish after "
                 "what is there (consumers skip what they have applied).")
+        # 0. Until the topics are as they must be, no relay publishes (also if this crashes).
+        started = recorder.begin_maintenance("refill", f"stream types {', '.join(types)}"
+                                             + ("; topics recreated" if recreate_topics else ""))
         # 1. A new publication epoch for every stream, a chunk at a time: appends wait a moment
         #    at most; from here on nothing of these streams is published but by this refill.
         reset = 0
@@ -196,6 +218,12 @@ def refill_kafka(store: EventStore, *, progress: Callable[[RelayReport], None] |
             recreate(store.kafka_settings, topics)
         else:
             check_topics(store.kafka_settings)
+        # 3b. Streams created since step 1 started may have been published into the topics just
+        #     emptied: they are republished too.
+        late = sum(recorder.reset_publication(ids) for ids in recorder.stream_ids_chunks(types, chunk, started))
+        if late:
+            say(f"{late} streams created during the refill marked for republication too")
+        recorder.end_maintenance("refill")
         # 4. Everything, in per-stream order. A producer that knew the old broker never
         #    recovers (UNKNOWN_PRODUCER_ID): start afresh.
         return _relay(store, 0.0, batch_size, progress, 60.0, True, types, None)

@@ -41,8 +41,11 @@ class _CachedKey:
 
 class SubjectKeys:
     def __init__(self, keyring: MasterKeyring, *, ttl_seconds: float = KEY_CACHE_SECONDS,
-                 max_keys: int = KEY_CACHE_SIZE, alias: str = "default") -> None:
+                 max_keys: int = KEY_CACHE_SIZE, alias: str = "default",
+                 read_materials: Callable[[list[str]], dict[str, KeyMaterial]] | None = None) -> None:
+        """`read_materials(subjects)` reads key rows (the store's recorder, by default the ORM)."""
         self.keyring = keyring
+        self.read_materials = read_materials or (lambda subjects: _key_materials(subjects, alias))
         self.ttl_seconds = ttl_seconds
         self.max_keys = max_keys
         self.alias = alias
@@ -82,9 +85,11 @@ class SubjectKeys:
 
     # --- writing ---------------------------------------------------------------------
 
-    def cached_for_writing(self, subject: str) -> AESGCM | None:
+    def cached_for_writing(self, subject: str) -> tuple[AESGCM, bytes] | None:
+        """The cached key and the stored wrapped key it came from (the append statement checks
+        that it is still the stored one)."""
         entry = self._cached(subject)
-        return entry.aead if entry is not None else None
+        return (entry.aead, entry.wrapped) if entry is not None else None
 
     def new_key(self, subject: str) -> tuple[NewKey, AESGCM]:
         """A fresh key for the subject, wrapped for storage (by the append that uses it)."""
@@ -95,9 +100,13 @@ class SubjectKeys:
     def key_for_writing(self, subject: str) -> AESGCM:
         """The subject's stored key, made now if there is none (one round trip); refuses an
         erased subject. For encryption outside an append (the guide's encrypt_sensitive_fields)."""
-        cached = self.cached_for_writing(subject)
+        return self.stored_key(subject)[0]
+
+    def stored_key(self, subject: str) -> tuple[AESGCM, bytes]:
+        """The subject's stored key and its wrapped form, read from (or made in) the database."""
+        cached = self._cached(subject)
         if cached is not None:
-            return cached
+            return cached.aead, cached.wrapped
         # Insert a new key, or get the existing row (also when another writer inserted it
         # first). The no-op update makes RETURNING give the stored row either way.
         wrapped, master_id = self.keyring.wrap(os.urandom(32), subject)
@@ -112,14 +121,15 @@ class SubjectKeys:
             self.forget(subject)
             raise SubjectErasedError(f"the personal data of {subject} was erased; no new personal data can be stored "
                                      "for it")
-        return self._unwrap(subject, KeyMaterial(bytes(row[0]), row[1]))
+        material = KeyMaterial(bytes(row[0]), row[1])
+        return self._unwrap(subject, material), material.wrapped
 
     # --- reading ---------------------------------------------------------------------
 
     def key_for_reading(self, subject: str, material: KeyMaterial | None = None) -> AESGCM | None:
         """The subject's key, or None if it was erased. Without material, reads the row."""
         if material is None:
-            material = key_materials([subject], self.alias).get(subject)
+            material = self.read_materials([subject]).get(subject)
             if material is None:
                 raise EventStoreError(f"no data key is recorded for {subject}: its encrypted data cannot be read")
         if material.erased:
@@ -193,8 +203,8 @@ class SubjectKeys:
             self.keyring.unwrap(bytes(sample[1]), master_id, sample[0])
 
 
-def key_materials(subjects: Iterable[str], alias: str = "default") -> dict[str, KeyMaterial]:
-    """The key rows of these subjects, in one query."""
+def _key_materials(subjects: Iterable[str], alias: str = "default") -> dict[str, KeyMaterial]:
+    """The key rows of these subjects, in one query (when no recorder is given to read them)."""
     from ..models import SubjectKey
 
     subjects = set(subjects)
@@ -206,4 +216,4 @@ def key_materials(subjects: Iterable[str], alias: str = "default") -> dict[str, 
             for subject, wrapped, master_id in rows}
 
 
-__all__ = ["KeyMaterial", "MasterKeyError", "NewKey", "SubjectErasedError", "SubjectKeys", "key_materials"]
+__all__ = ["KeyMaterial", "MasterKeyError", "NewKey", "SubjectErasedError", "SubjectKeys"]

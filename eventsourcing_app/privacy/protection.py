@@ -27,25 +27,29 @@ class AppendSession:
         self.uncached = uncached  # subjects whose cached key the statement refused
         self.new_key: NewKey | None = None
         self._new_aead: AESGCM | None = None
-        self._chosen: dict[str, AESGCM] = {}  # one lookup per subject and append, not per event
+        # subject -> (key, the stored wrapped key it is, or None for the new key): one lookup per
+        # subject and append, not per event; the statement checks the wrapped key is the stored one.
+        self._chosen: dict[str, tuple[AESGCM, bytes | None]] = {}
+
+    @property
+    def subject_keys(self) -> dict[str, bytes | None]:
+        return {subject: wrapped for subject, (_, wrapped) in self._chosen.items()}
 
     def _aead_for(self, subject: str) -> AESGCM:
-        aead = self._chosen.get(subject)
-        if aead is None:
-            aead = self._chosen[subject] = self._choose(subject)
-        return aead
+        chosen = self._chosen.get(subject)
+        if chosen is None:
+            chosen = self._chosen[subject] = self._choose(subject)
+        return chosen[0]
 
-    def _choose(self, subject: str) -> AESGCM:
+    def _choose(self, subject: str) -> tuple[AESGCM, bytes | None]:
         if subject not in self.uncached:
             cached = self.keys.cached_for_writing(subject)
             if cached is not None:
                 return cached
-        if self.new_key is not None and self.new_key.subject == subject:
-            return self._new_aead
         if self.allow_new and self.new_key is None:
             self.new_key, self._new_aead = self.keys.new_key(subject)
-            return self._new_aead
-        return self.keys.key_for_writing(subject)  # the stored key (a second subject in one batch)
+            return self._new_aead, None
+        return self.keys.stored_key(subject)  # a round trip: the stored key (made if there is none)
 
     def encrypt(self, data: dict, fields: Sequence[str], subject: str, context: str, label: str = "") -> dict:
         return encrypt_fields(data, fields, self._aead_for(subject), subject, context, label)
@@ -53,12 +57,14 @@ class AppendSession:
     def retry(self, outcome: str, subject: str | None) -> "AppendSession":
         if subject is not None:
             self.keys.forget(subject)
-        if outcome == "key_exists":  # another process stored a key first: use that one
-            return AppendSession(self.keys, allow_new=False, uncached=self.uncached | {subject})
-        # key_missing: a key this process made was rolled back with its transaction
-        return AppendSession(self.keys, allow_new=True, uncached=self.uncached | {subject})
+        # key_exists: another process stored a key first; key_changed: the stored key is not the
+        # one cached here. Both: use the stored key. key_missing: the cached key's row is not
+        # there (rolled back with its transaction): a new key.
+        allow_new = outcome == "key_missing"
+        return AppendSession(self.keys, allow_new=allow_new, uncached=self.uncached | {subject})
 
     def stored(self) -> None:
+        """Called once the append's transaction committed: its new key may encrypt again."""
         if self.new_key is not None:
             self.keys.remember(self.new_key.subject, self._new_aead, self.new_key.wrapped)
 
@@ -91,7 +97,7 @@ class PersonalDataProtection:
     def forget(self, subject: str) -> None:
         self.keys.forget(subject)
 
-    def destroy_keys(self, subjects: Sequence[str]) -> list[str]:
+    def destroy_keys(self, subjects: Sequence[str]) -> list[str]:  # eventstore.ports.ErasurePort
         """Destroys the subjects' keys in the caller's transaction; returns those that had one.
         Call `announce_erasure` after the commit."""
         return [subject for subject in subjects if self.keys.destroy(subject)]

@@ -642,7 +642,7 @@ def test_a_parent_acts_only_on_their_own_family(world):
     assert export_child_data(actor=me, child_id=world.child)["child"]["age"] == 7
 
 
-@pytest.mark.parametrize("actor", [Actor.system("support-tool"), Actor.user(1)], ids=["system", "staff"])
+@pytest.mark.parametrize("actor", [Actor.system("support-tool"), Actor.staff(1)], ids=["system", "staff"])
 def test_system_jobs_and_staff_act_on_any_family(world, actor):
     update_child_profile(actor=actor, child_id=world.other_child, changes={"age": 11})
     assert load(Child, world.other_child).age == 11

@@ -376,7 +376,7 @@ def test_the_erasure_event_records_who_asked_why_and_the_requests_correlation_id
 
     by_request = new_family()
     with event_context(correlation_id="req-123"):
-        report = erase_child_data(actor=Actor.user(42), child_id=by_request.child_id, reason="parent_request")
+        report = erase_child_data(actor=Actor.staff(42), child_id=by_request.child_id, reason="parent_request")
     assert report.key_destroyed and by_request.subject in report.subjects
     stored, event = last_event(store, by_request.child_stream)
     assert isinstance(event, ChildDataErased) and report.erasure_version == stored.version
@@ -387,7 +387,7 @@ def test_the_erasure_event_records_who_asked_why_and_the_requests_correlation_id
     # A second erasure: the key was already gone, and nothing new is recorded.
     for child in (by_command, by_request):
         before = stored_state(child.child_stream, *child.conversation_streams)
-        again = erase_child_data(actor=Actor.user(42), child_id=child.child_id, reason="parent_request")
+        again = erase_child_data(actor=Actor.staff(42), child_id=child.child_id, reason="parent_request")
         assert not again.key_destroyed and "was already gone" in str(again)
         out = StringIO()
         call_command("forget_child", child.child_id, reason="parent_request", actor="user:42", stdout=out)
@@ -401,7 +401,7 @@ def test_an_unknown_erasure_reason_is_refused_before_anything_changes(store):
     streams = (family.child_stream, *family.conversation_streams)
     before, key_before = stored_state(*streams), key_row(family.subject)
     with pytest.raises(DomainError, match="erasure reason 'felt_like_it' is not one of"):
-        erase_child_data(actor=Actor.user(42), child_id=family.child_id, reason="felt_like_it")
+        erase_child_data(actor=Actor.staff(42), child_id=family.child_id, reason="felt_like_it")
     with pytest.raises(CommandError, match="invalid choice"):
         call_command("forget_child", family.child_id, reason="felt_like_it", stdout=StringIO())
     assert stored_state(*streams) == before
@@ -675,7 +675,7 @@ def test_the_database_never_deletes_a_key_row_nor_restores_a_destroyed_key(store
         SubjectKey.objects.filter(pk=subject).delete()
     assert key_row(subject)[0] == wrapped
 
-    erase_child_data(actor=Actor.user(42), child_id=family.child_id, reason="parent_request")
+    erase_child_data(actor=Actor.staff(42), child_id=family.child_id, reason="parent_request")
     destroyed = key_row(subject)
     assert destroyed[0] is None and destroyed[2] is not None
 

@@ -13,11 +13,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("child_id")
         parser.add_argument("--output", "-o", help="file to write (default: standard output)")
-        parser.add_argument("--actor", default="system:export_child", help="who asked for the export")
+        parser.add_argument("--actor", default="system:export_child",
+                            help="who asked for the export, 'user:<id>' (a staff member) or 'system:<name>'")
 
     def handle(self, *args, child_id, output, actor, **options):
         try:
-            export = export_child_data(actor=Actor(actor), child_id=child_id)
+            export = export_child_data(actor=Actor(actor, is_staff=not actor.startswith("system:")),
+                                       child_id=child_id)
         except (ApplicationError, EventStoreError) as exc:
             raise CommandError(str(exc)) from None
         text = json.dumps(export, indent=2, ensure_ascii=False, default=str)

@@ -14,11 +14,14 @@ class Command(BaseCommand):
         parser.add_argument("child_id", help="the child's id (the part after 'child.' in its stream id)")
         parser.add_argument("--reason", required=True, choices=ERASURE_REASONS, help="why the data is erased")
         parser.add_argument("--actor", default="system:forget_child",
-                            help="who asked for the erasure, 'user:<id>' or 'system:<name>' (audit trail)")
+                            help="who asked for the erasure, 'user:<id>' (a staff member) or 'system:<name>' "
+                                 "(audit trail)")
 
     def handle(self, *args, child_id, reason, actor, **options):
         try:
-            report = erase_child_data(actor=Actor(actor), child_id=child_id, reason=reason)
+            # Whoever runs this command acts for the platform, not as a parent.
+            who = Actor(actor, is_staff=not actor.startswith("system:"))
+            report = erase_child_data(actor=who, child_id=child_id, reason=reason)
         except (ApplicationError, DomainError, EventStoreError) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(self.style.SUCCESS(str(report)))

@@ -1,59 +1,11 @@
-"""Demo data for the one-command run: a parent with consent for two children, one of whom has
-had a conversation with the bear. Idempotent: streams that exist are left alone."""
 from django.core.management.base import BaseCommand
 
-from eventsourcing_app.application import (
-    Actor,
-    change_safety_settings,
-    end_conversation,
-    grant_consent,
-    record_message,
-    register_child,
-    register_parent,
-    start_conversation,
-    summarize_conversation,
-)
-from eventsourcing_app.eventstore import get_event_store
-from eventsourcing_app.observability import event_context
-
-PARENT = "demo-parent-1"
-CHILDREN = [("demo-child-1", "Mia", 6, "demo-bear-1"), ("demo-child-2", "Noah", 9, "demo-bear-2")]
-CONVERSATION = "demo-conversation-1"
-ACTOR = Actor.system("load_demo_data")
+from eventsourcing_app.application.demo import load_demo_family
 
 
 class Command(BaseCommand):
-    help = "Loads a small demo family (idempotent)."
+    help = "Loads a small demo family (a parent, two children, a conversation) through the commands (idempotent)."
 
     def handle(self, *args, **options):
-        store = get_event_store()
-        exists = store.get_stream_version_sync
-        created = 0
-        with event_context(correlation_id="demo-data"):
-            if not exists(f"parent.{PARENT}"):
-                register_parent(actor=ACTOR, parent_id=PARENT, email="sam.parent@example.com", name="Sam Parent",
-                                phone="+1-555-0100")
-                for child_id, *_ in CHILDREN:
-                    grant_consent(actor=ACTOR, parent_id=PARENT, child_id=child_id, method="signed_form")
-                created += 1
-            for child_id, name, age, device in CHILDREN:
-                if not exists(f"child.{child_id}"):
-                    register_child(actor=ACTOR, child_id=child_id, parent_id=PARENT, name=name, age=age,
-                                   device_id=device, udid=f"udid-{device}")
-                    change_safety_settings(actor=ACTOR, child_id=child_id, content_filter_level="moderate",
-                                           daily_time_limit_minutes=45)
-                    created += 1
-            if not exists(f"conversation.{CONVERSATION}"):
-                child_id = CHILDREN[0][0]
-                start_conversation(actor=ACTOR, conversation_id=CONVERSATION, child_id=child_id)
-                for speaker, text in [("child", "Hello Teddy! Can you tell me a story about a dragon?"),
-                                      ("bear", "Once upon a time, a friendly dragon learned to share..."),
-                                      ("child", "Did the dragon have a name?"),
-                                      ("bear", "Her name was Ember, and she loved warm cocoa.")]:
-                    record_message(actor=ACTOR, conversation_id=CONVERSATION, speaker=speaker, text=text)
-                end_conversation(actor=ACTOR, conversation_id=CONVERSATION, reason="bedtime")
-                summarize_conversation(actor=ACTOR, conversation_id=CONVERSATION,
-                                       summary="Mia asked for a dragon story; Teddy told a story about sharing.")
-                created += 1
-        store.flush(10)
+        created = load_demo_family()
         self.stdout.write(f"demo data: {created} streams created" if created else "demo data: already loaded")

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from eventsourcing_app.eventstore import get_event_store
-from eventsourcing_app.operations.relay import KafkaUnavailableError, relay_outbox
+from eventsourcing_app.operations.relay import KafkaUnavailableError, poison_report, relay_outbox
 
 
 class Command(BaseCommand):
@@ -26,7 +26,7 @@ class Command(BaseCommand):
             raise CommandError("--grace must be 0 or more")
         store = get_event_store()
         if poison:
-            rows = store.recorder.poison_events()
+            rows = poison_report(store)
             for row in rows:
                 self.stdout.write(f"{row['stream_id']} v{row['version']} (position {row['position']}): {row['error']}; "
                                   f"{row['attempts']} attempts since {row['first_seen']:%Y-%m-%d %H:%M:%S} UTC")
