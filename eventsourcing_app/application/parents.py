@@ -22,15 +22,19 @@ def register_parent(*, actor: Actor, parent_id: str, email: str, name: str, phon
     return run_command(actor, decide)
 
 
-def update_parent_settings(*, actor: Actor, parent_id: str, settings: dict) -> CommandResult:
+def _parent_command(actor: Actor, parent_id: str, change) -> CommandResult:
     def decide(uow):
         uow.require_own_parent(parent_id)
         parent = uow.load(Parent, parent_id)
-        parent.update_settings(settings)
+        change(parent)
         uow.save(parent)
         return parent.stream_id
 
     return run_command(actor, decide)
+
+
+def update_parent_settings(*, actor: Actor, parent_id: str, settings: dict) -> CommandResult:
+    return _parent_command(actor, parent_id, lambda parent: parent.update_settings(settings))
 
 
 def grant_consent(*, actor: Actor, parent_id: str, child_id: str, method: str,
@@ -68,11 +72,4 @@ def withdraw_consent(*, actor: Actor, parent_id: str, child_id: str, reason: str
 
 
 def deactivate_parent(*, actor: Actor, parent_id: str, reason: str | None = None) -> CommandResult:
-    def decide(uow):
-        uow.require_own_parent(parent_id)
-        parent = uow.load(Parent, parent_id)
-        parent.deactivate(reason)
-        uow.save(parent)
-        return parent.stream_id
-
-    return run_command(actor, decide)
+    return _parent_command(actor, parent_id, lambda parent: parent.deactivate(reason))

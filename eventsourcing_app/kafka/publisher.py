@@ -97,6 +97,7 @@ class EventPublisher:
         self.poison_events = 0  # events Kafka refused for good (metric-ready)
         self.last_error: str | None = None
         self._first_connect_done = threading.Event()
+        self._first_wait_over = False
         self._thread: threading.Thread | None = None
         self._start_thread()  # last: it reads every attribute above
         atexit.register(self.close)
@@ -245,8 +246,9 @@ class EventPublisher:
         """Connecting happens in the background thread, from the publisher's start: a hand-off
         waits for the very first connection of the process for at most
         FIRST_CONNECT_WAIT_SECONDS, never longer (not holding the lock the connection takes)."""
-        if not self._first_connect_done.is_set():
+        if not self._first_connect_done.is_set() and not self._first_wait_over:
             self._first_connect_done.wait(FIRST_CONNECT_WAIT_SECONDS)
+            self._first_wait_over = True  # one wait per process, however the connection goes
 
     def _current_producer(self) -> Producer | None:
         """The usable producer, or None (the outbox relay publishes then)."""
