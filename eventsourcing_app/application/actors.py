@@ -8,7 +8,6 @@ every family command: forgetting the parent id never opens other families. Syste
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ..domain.ids import ACTOR_ID

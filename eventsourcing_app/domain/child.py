@@ -9,7 +9,6 @@ fields, so that replaying an erased stream gives the same state as the aggregate
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args

@@ -110,7 +110,7 @@ class EventSourcingRepositoryImpl(Generic[A]):
             raise EventStoreError(f"version must be a whole number of 1 or more, not {version!r}")
 
         cls = self.aggregate_class
-        aggregate, started_from, current, material, chain = None, "empty", None, None, None
+        aggregate, started_from, current, material = None, "empty", None, None
         if version is None and self.cache is not None:
             aggregate, current, material = self._from_cache(aggregate_id, stream_id)
             started_from = "cache" if aggregate is not None else started_from

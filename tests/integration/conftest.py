@@ -124,3 +124,35 @@ def celery_worker(kafka_settings, configured):
         process.wait(20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture
+def own_broker(kafka_settings, request):
+    """A broker of this test only (faults must not disturb the rest of the session), with the
+    session's topics and a short message timeout so that failed sends are noticed quickly."""
+    broker = start_tansu(log_path=LOG_DIR / f"tansu-{request.node.name[:40]}.log")
+    settings = kafka_settings.with_changes(bootstrap_servers=broker.address, message_timeout_ms=3000)
+    provision_topics(settings)
+    yield broker, settings
+    broker.stop(kill=True)
+
+
+def portable_store(store):
+    """A store on the portable ORM recorder (the one SQLite uses), here on PostgreSQL."""
+    from eventsourcing_app.eventstore import EventStore
+    from eventsourcing_app.eventstore.recorders import DjangoRecorder
+
+    return EventStore(recorder=DjangoRecorder(), stream_types=store.stream_types,
+                      max_event_bytes=store.max_event_bytes, kafka_settings=store.kafka_settings)
+
+
+@pytest.fixture(params=["postgres", "portable"])
+def any_store(request, store):
+    """Each test twice: on the one-statement PostgreSQL recorder and on the portable one."""
+    from eventsourcing_app.eventstore.recorders import PostgresRecorder
+
+    if request.param == "postgres":
+        assert isinstance(store.recorder, PostgresRecorder)
+        return store
+    return portable_store(store)
+

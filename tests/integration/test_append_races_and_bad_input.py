@@ -47,7 +47,6 @@ from eventsourcing_app.eventstore import (
     get_event_sourcing_service,
 )
 from eventsourcing_app.eventstore.errors import IntegrityCheckError
-from eventsourcing_app.eventstore.recorders import DjangoRecorder, PostgresRecorder
 from eventsourcing_app.models import Event, Stream
 from eventsourcing_app.operations.migration import migrate_stream
 from eventsourcing_app.operations.verify import verify_integrity
@@ -57,15 +56,6 @@ from tests.integration.conftest import REPO, STREAM_TYPES, database_url
 from tests.integration.helpers import new_child
 
 RACE_ROUNDS = 40
-
-
-@pytest.fixture(params=["postgres", "portable"])
-def any_store(request, store) -> EventStore:
-    if request.param == "postgres":
-        assert isinstance(store.recorder, PostgresRecorder)
-        return store
-    return EventStore(recorder=DjangoRecorder(), stream_types=store.stream_types,
-                      max_event_bytes=store.max_event_bytes, kafka_settings=store.kafka_settings)
 
 
 def stored_copies(event_ids) -> int:

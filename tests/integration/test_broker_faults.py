@@ -10,12 +10,10 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from devtools.embedded import start_tansu
 from eventsourcing_app.eventstore import build_event_store
 from eventsourcing_app.kafka.consumer import StreamOrderGuard
-from eventsourcing_app.kafka.topics import provision_topics
 from eventsourcing_app.models import Stream
 from eventsourcing_app.operations.relay import outbox_backlog, relay_outbox
 from eventsourcing_app.operations.verify import verify_integrity
@@ -25,15 +23,6 @@ from tests.integration.conftest import REPO, STREAM_TYPES, database_url
 from tests.kafka_helpers import records_by_stream
 
 STREAM_TYPE = "test"  # only these tests write streams of this type
-
-
-@pytest.fixture
-def own_broker(kafka_settings, request):
-    broker = start_tansu(log_path=LOG_DIR / f"tansu-{request.node.name[:40]}.log")
-    settings = kafka_settings.with_changes(bootstrap_servers=broker.address, message_timeout_ms=3000)
-    provision_topics(settings)
-    yield broker, settings
-    broker.stop(kill=True)
 
 
 def assert_kafka_holds_the_mirror_in_stream_order(store, settings, streams):

@@ -468,15 +468,6 @@ def test_the_relay_publishes_nothing_while_a_refill_is_unfinished(store, client)
 
 # --- 7. a stream created during a refill ------------------------------------------------------
 
-@pytest.fixture
-def own_broker(kafka_settings, request):
-    broker = start_tansu(log_path=LOG_DIR / f"tansu-{request.node.name[:40]}.log")
-    kafka = kafka_settings.with_changes(bootstrap_servers=broker.address, message_timeout_ms=3000)
-    provision_topics(kafka)
-    yield broker, kafka
-    broker.stop(kill=True)
-
-
 def test_a_stream_created_while_a_refill_settles_is_republished_into_the_recreated_topic(own_broker, store):
     broker, kafka = own_broker
     mine = build_event_store(kafka_settings=kafka)

@@ -48,7 +48,6 @@ from eventsourcing_app.domain import (
     Child,
     ChildDataErased,
     ChildId,
-    ChildProfileUpdated,
     Conversation,
     ConversationId,
     DomainError,

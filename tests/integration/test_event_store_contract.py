@@ -16,7 +16,6 @@ from eventsourcing_app.eventstore import (
     ConcurrencyError,
     DuplicateEventError,
     EventSerializationError,
-    EventStore,
     EventStoreError,
     EventTooLargeError,
     ExpectedVersion,
@@ -26,20 +25,10 @@ from eventsourcing_app.eventstore import (
     deserialize_event,
 )
 from eventsourcing_app.eventstore.integrity import verify_chain
-from eventsourcing_app.eventstore.recorders import DjangoRecorder, PostgresRecorder
 from eventsourcing_app.models import Event, Stream
 from eventsourcing_app.observability import event_context
 from tests.conftest import unique_stream
 from tests.events import NoteRecorded, Unserializable, notes
-
-
-@pytest.fixture(params=["postgres", "portable"])
-def any_store(request, store) -> EventStore:
-    if request.param == "postgres":
-        assert isinstance(store.recorder, PostgresRecorder)
-        return store
-    return EventStore(recorder=DjangoRecorder(), stream_types=store.stream_types,
-                      max_event_bytes=store.max_event_bytes, kafka_settings=store.kafka_settings)
 
 
 def snapshot_of(stream_id: str) -> tuple:

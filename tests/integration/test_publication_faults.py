@@ -59,15 +59,6 @@ log = logging.getLogger(__name__)
 
 # --- fixtures and helpers ---------------------------------------------------------------
 
-@pytest.fixture
-def own_broker(kafka_settings, request):
-    broker = start_tansu(log_path=LOG_DIR / f"tansu-{request.node.name[:40]}.log")
-    kafka = kafka_settings.with_changes(bootstrap_servers=broker.address, message_timeout_ms=3000)
-    provision_topics(kafka)
-    yield broker, kafka
-    broker.stop(kill=True)
-
-
 def unpublished(store) -> EventStore:
     """A store that appends without publishing: everything stays in the outbox for the relay."""
     return EventStore(recorder=PostgresRecorder(), stream_types=store.stream_types,
