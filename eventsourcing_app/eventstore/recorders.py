@@ -47,6 +47,9 @@ LOAD_COLUMNS = (
 )
 _MAX_VERSION = 2**63 - 1
 _RELAY_LOCK_ID = 0x7EDD7E1A  # the relay's advisory lock (any fixed number; the same in every process)
+# Advisory lock class of data subjects: (SUBJECT_LOCK_CLASS, hashtext(subject)). Appends hold it
+# shared, an erasure exclusively; in the lock manager only (no row is written to take it).
+SUBJECT_LOCK_CLASS = 0x5EC7
 
 
 @dataclass(slots=True)
@@ -262,14 +265,16 @@ class DjangoRecorder:
                              epoch=epoch)
 
     def _share_locked_keys(self, subjects: list[str]) -> dict[str, bytes | None]:
-        """The subjects' key rows, share-locked where the database can (an erasure, which
-        updates the row, waits for this append; SQLite has one writer at a time anyway)."""
+        """The subjects' key rows, read under each subject's lock in shared mode (an erasure
+        takes it exclusively, so it waits for this append; SQLite has one writer at a time)."""
         from ..models import SubjectKey
 
         db = connections[self.alias]
         if db.vendor == "postgresql":
             with db.cursor() as cursor:
-                cursor.execute("SELECT subject, wrapped_key FROM privacy_subject_key WHERE subject = ANY(%s) FOR SHARE",
+                cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, hashtext(s)) FROM unnest(%s::text[]) AS s",
+                               [SUBJECT_LOCK_CLASS, subjects])
+                cursor.execute("SELECT subject, wrapped_key FROM privacy_subject_key WHERE subject = ANY(%s)",
                                [subjects])
                 return dict(cursor.fetchall())
         return dict(SubjectKey.objects.using(self.alias).filter(pk__in=subjects).values_list("subject", "wrapped_key"))
@@ -909,12 +914,11 @@ class PostgresRecorder(DjangoRecorder):
         epochs = sorted({(p.stream_id, p.epoch) for p in publications})
         runs = _contiguous_runs(publications)
         now = datetime.now(timezone.utc)
+        # One transaction (one commit to flush), the event rows first, without holding any
+        # stream row (appends to those streams go on meanwhile), then the stream rows, locked
+        # only from there to the commit.
         self.connection()
         with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
-            # The stream rows first, in one order (stream id), as every multi-stream writer
-            # takes them: no deadlock with a unit of work saving several aggregates.
-            cursor.execute("SELECT 1 FROM eventstore_stream WHERE stream_id = ANY(%s) ORDER BY stream_id "
-                           "FOR NO KEY UPDATE", [sorted({p.stream_id for p in publications})])
             # Acknowledgements of sends from before a refill (an older epoch) are ignored: the
             # batch's few (stream, epoch) pairs are checked once, not once per event.
             cursor.execute(
@@ -928,6 +932,8 @@ class PostgresRecorder(DjangoRecorder):
                  [p.global_position for p in publications], [p.topic for p in publications],
                  [p.partition for p in publications], [p.offset for p in publications]],
             )
+            # In stream id order (the runs are sorted), the order every multi-stream writer locks
+            # in: no deadlock with a unit of work saving several aggregates.
             cursor.execute(
                 "UPDATE eventstore_stream s SET published_version = x.last "
                 "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[]) AS x(sid, first, last, epoch) "

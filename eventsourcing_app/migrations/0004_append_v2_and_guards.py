@@ -3,9 +3,10 @@
 `eventstore_append(...)` (PostgreSQL) now
 - records `recorded_at` with the database's clock;
 - refuses events for a closed (migrated) stream, naming the new stream;
-- takes a share lock on the data subjects' key rows and refuses personal data for a subject
-  whose key was destroyed (an erasure updates that row: it waits for appends in flight, and
-  appends after it see the key gone), or whose key row does not exist (a key rolled back);
+- takes each data subject's advisory lock in shared mode and refuses personal data for a
+  subject whose key was destroyed (an erasure takes that lock exclusively: it waits for appends
+  in flight, and appends after it see the key gone), whose key row does not exist (a key
+  rolled back), or whose stored key is not the one the caller encrypted with;
 - never raises for an expected refusal: conflict, idempotent re-append, duplicate ids,
   erased subject, closed stream come back as an outcome, so a caller's transaction stays
   usable; every id of the batch is checked, and concurrent identical appends (also to a
@@ -223,15 +224,20 @@ BEGIN
             -- Share-locked: an erasure (an UPDATE of the row) waits for this append, and an
             -- append after the erasure sees the key destroyed. (A key this call inserted is
             -- its own already.)
+            -- Each subject's advisory lock, shared (in the lock manager: no row is written):
+            -- an erasure takes it exclusively, so it waits for this append, and an append that
+            -- comes after the erasure waits for its commit and then sees the key destroyed.
+            PERFORM pg_advisory_xact_lock_shared(24263, hashtext(x.s))
+               FROM unnest(v_subjects) AS x(s) WHERE x.s IS DISTINCT FROM p_key_subject;
             -- The caller names the stored key it encrypted with: another one (a key it made
             -- in a transaction that rolled back, while another process stored its own) is
             -- refused, and the caller encrypts again with the stored key.
             SELECT count(*), min(k.subject) FILTER (WHERE k.wrapped_key IS NULL),
                    min(k.subject) FILTER (WHERE k.wrapped_key IS NOT NULL AND x.w IS NOT NULL AND k.wrapped_key <> x.w)
               INTO v_locked, v_erased, v_changed
-              FROM (SELECT subject, wrapped_key FROM privacy_subject_key
-                     WHERE subject = ANY(v_subjects) AND subject IS DISTINCT FROM p_key_subject FOR SHARE) AS k
-              JOIN unnest(v_subjects, p_subject_wrapped) AS x(s, w) ON x.s = k.subject;
+              FROM privacy_subject_key k
+              JOIN unnest(v_subjects, p_subject_wrapped) AS x(s, w) ON x.s = k.subject
+             WHERE k.subject IS DISTINCT FROM p_key_subject;
             IF v_erased IS NOT NULL THEN
                 v_outcome := 'erased';
                 v_detail := v_erased;

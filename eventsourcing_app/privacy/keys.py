@@ -26,6 +26,7 @@ from django.db import connections, transaction
 
 from ..eventstore.errors import EventStoreError, SubjectErasedError
 from ..eventstore.records import KeyMaterial, NewKey
+from ..eventstore.recorders import SUBJECT_LOCK_CLASS
 from .keyring import MasterKeyError, MasterKeyring
 
 KEY_CACHE_SECONDS = 120.0
@@ -154,10 +155,10 @@ class SubjectKeys:
         db = connections[self.alias]
         with transaction.atomic(using=self.alias), db.cursor() as cursor:
             if db.vendor == "postgresql":
-                # Lock first, then stamp the time with the database's clock: every append that
-                # got the row's share lock before committed earlier than destroyed_at, and none
-                # can take it after.
-                cursor.execute("SELECT 1 FROM privacy_subject_key WHERE subject = %s FOR UPDATE", [subject])
+                # The subject's lock, exclusively (appends hold it shared: the erasure waits for
+                # those in flight, later ones wait for the commit and then see the key gone), then
+                # the time from the database's clock: every append that held it committed earlier.
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [SUBJECT_LOCK_CLASS, subject])
                 cursor.execute("UPDATE privacy_subject_key SET wrapped_key = NULL, master_key_id = NULL, "
                                "destroyed_at = clock_timestamp() WHERE subject = %s AND wrapped_key IS NOT NULL",
                                [subject])
