@@ -408,10 +408,10 @@ class DjangoRecorder:
             epochs = dict(Stream.objects.using(self.alias).select_for_update(no_key=True).filter(
                 pk__in={p.stream_id for p in publications}).order_by("stream_id")
                 .values_list("stream_id", "publication_epoch"))
-            current = [p for p in publications if epochs.get(p.stream_id) == p.epoch]  # not from before a refill
-            for pub in current:
+            for pub in publications:  # the latest acknowledgement wins (see PostgresRecorder)
                 Event.objects.using(self.alias).filter(position=pub.global_position).update(
                     kafka_topic=pub.topic, kafka_partition=pub.partition, kafka_offset=pub.offset, published_at=now)
+            current = [p for p in publications if epochs.get(p.stream_id) == p.epoch]  # not from before a refill
             for stream_id, first, last, _ in _contiguous_runs(current):
                 Stream.objects.using(self.alias).filter(
                     pk=stream_id, published_version__gte=first - 1, published_version__lt=last,
@@ -911,7 +911,6 @@ class PostgresRecorder(DjangoRecorder):
 
     def record_publications(self, publications: Sequence[Publication]) -> None:
         publications = _latest_epoch_only(publications)
-        epochs = sorted({(p.stream_id, p.epoch) for p in publications})
         runs = _contiguous_runs(publications)
         now = datetime.now(timezone.utc)
         # One transaction (one commit to flush), the event rows first, without holding any
@@ -919,17 +918,16 @@ class PostgresRecorder(DjangoRecorder):
         # only from there to the commit.
         self.connection()
         with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
-            # Acknowledgements of sends from before a refill (an older epoch) are ignored: the
-            # batch's few (stream, epoch) pairs are checked once, not once per event.
+            # The latest acknowledgement of an event wins (after a refill, its position in the
+            # new log). Epochs are not checked here, per event, but for the stream below: an
+            # older epoch's acknowledgement arrives while the refill lets sends settle, before
+            # the republished copy's, which then overwrites it.
             cursor.execute(
-                "WITH valid AS (SELECT r.sid FROM unnest(%s::text[], %s::int[]) AS r(sid, epoch) "
-                "JOIN eventstore_stream s ON s.stream_id = r.sid AND s.publication_epoch = r.epoch) "
                 "UPDATE eventstore_event e SET kafka_topic = x.topic, kafka_partition = x.part, "
                 "kafka_offset = x.off, published_at = %s "
                 "FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::bigint[]) AS x(pos, topic, part, off) "
-                "WHERE e.position = x.pos AND e.stream_id IN (SELECT sid FROM valid)",
-                [[r[0] for r in epochs], [r[1] for r in epochs], now,
-                 [p.global_position for p in publications], [p.topic for p in publications],
+                "WHERE e.position = x.pos",
+                [now, [p.global_position for p in publications], [p.topic for p in publications],
                  [p.partition for p in publications], [p.offset for p in publications]],
             )
             # In stream id order (the runs are sorted), the order every multi-stream writer locks
