@@ -56,7 +56,7 @@ class Bootstrap:
 
     def field_protection(self) -> PersonalDataProtection:
         def build():
-            keys = SubjectKeys(MasterKeyring(settings.TEDDY_MASTER_KEYS), read_materials=recorder_for().key_materials)
+            keys = SubjectKeys(MasterKeyring(settings.TEDDY_MASTER_KEYS))
             broadcast = ErasureBroadcast(settings.REDIS_URL, on_erased=keys.forget)
             protection = PersonalDataProtection(keys, on_erased=broadcast.publish)
             protection.broadcast = broadcast

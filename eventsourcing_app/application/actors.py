@@ -42,6 +42,11 @@ class Actor:
         """A user acting for the platform (any family), e.g. a privacy officer."""
         return cls(f"user:{user_id}", is_staff=True)
 
+    @classmethod
+    def operator(cls, actor_id: str) -> "Actor":
+        """Whoever runs a management command: a system job ("system:<name>"), else staff."""
+        return cls(actor_id, is_staff=not str(actor_id).startswith("system:"))
+
     @property
     def is_parent(self) -> bool:
         return self.parent_id is not None

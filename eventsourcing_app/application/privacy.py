@@ -64,17 +64,18 @@ def erase_child_data(*, actor: Actor, child_id: str, reason: str) -> ErasureRepo
     service = get_event_sourcing_service()
     store = service.event_store
     recorder, protection = store.recorder, store.field_protection
-    subjects = child_subjects(child_id)
-    live = _live_child_id(child_id)  # after a migration, the erasure is recorded on the new stream
     done: dict = {}
 
     def decide(uow) -> str:
+        # Read again on every attempt (a migration may commit between two).
+        subjects = done["subjects"] = child_subjects(child_id)
+        live = _live_child_id(child_id)  # after a migration, the erasure is recorded on the new stream
         child = uow.load_own_child(live)
         if not child.erased:
             child.erase_personal_data(erased_by=actor.id, reason=reason)  # refuses a bad reason first
             uow.save(child)
-            # Saved first (the stream lock), then the key rows, as every append takes them: an
-            # append in flight for the child finishes first; later ones see the key gone.
+            # Saved first (the stream lock), then the subjects' locks, the order appends take
+            # them in: an append in flight for the child finishes first; later ones see the key gone.
             uow.service.save_aggregate_sync(child, actor=actor.id)
         done["destroyed"] = protection.destroy_keys(subjects)
         done["streams"] = streams_of_child(child_id)
@@ -84,6 +85,7 @@ def erase_child_data(*, actor: Actor, child_id: str, reason: str) -> ErasureRepo
         return child.stream_id
 
     run_command(actor, decide)
+    subjects = done["subjects"]
     left = []
     if not protection.announce_erasure(subjects):
         left.append("broadcast to other processes")

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-from django.db import transaction
+from django.db import OperationalError, transaction
 
 from ..domain import Child, Conversation, Parent
 from ..domain.aggregate import EventSourcedAggregate
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 A = TypeVar("A", bound=EventSourcedAggregate)
 ATTEMPTS = 8
 _BACKOFF_SECONDS = 0.002
+_TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected (the database broke it), serialization failure
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,28 @@ def run_command(actor: Actor, decide: Callable[[UnitOfWork], str]) -> CommandRes
         try:
             with transaction.atomic():
                 stream_id = decide(uow)
+                to_save = sorted(uow._to_save, key=lambda a: a.stream_id)
+                written = {aggregate.stream_id for aggregate in to_save}
+                # What was read, first (shared locks, in stream id order), then the saves: every
+                # command takes stream locks in that order, and an erasure takes a subject's lock
+                # only after its stream's, so commands, erasures and position recording never
+                # wait for each other in a circle.
+                _check_what_was_read(uow, written, existing=True)
                 saved = {}
-                for aggregate in sorted(uow._to_save, key=lambda a: a.stream_id):
+                for aggregate in to_save:
                     if aggregate.has_uncommitted_events():
                         uow.service.save_aggregate_sync(aggregate, actor=actor.id)
                     saved[aggregate.stream_id] = aggregate.version
-                _check_what_was_read(uow, saved)
+                # Streams that did not exist when read have no row to lock: checked after the
+                # saves (which may have waited for the writer that created one).
+                _check_what_was_read(uow, written, existing=False)
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) not in _TRANSIENT_SQLSTATES or attempt == ATTEMPTS:
+                raise Unavailable(f"the database failed the command: {exc}; try again") from exc
+            logger.info("command met a deadlock or a serialization failure; attempt %d of %d", attempt + 1,
+                        ATTEMPTS)
+            backoff(attempt)
+            continue
         except (ConcurrencyError, TransientStoreError) as exc:
             if attempt == ATTEMPTS:
                 raise Conflict(f"{exc}; gave up after {ATTEMPTS} attempts: try again") from exc
@@ -141,10 +158,11 @@ def run_command(actor: Actor, decide: Callable[[UnitOfWork], str]) -> CommandRes
     raise AssertionError("unreachable")
 
 
-def _check_what_was_read(uow: UnitOfWork, saved: dict[str, int]) -> None:
-    """The streams the decision read but did not save must still be as read (share-locked until
+def _check_what_was_read(uow: UnitOfWork, written: set[str], *, existing: bool) -> None:
+    """The streams the decision read but does not save must still be as read (share-locked until
     the commit): a rule checked on them (consent, existence) still holds when this commits."""
-    read = {sid: version for sid, version in uow.read_versions.items() if sid not in saved}
+    read = {sid: version for sid, version in uow.read_versions.items()
+            if sid not in written and (version > 0) == existing}
     if read:
         changed = uow.service.event_store.recorder.check_versions(read)
         if changed is not None:

@@ -217,8 +217,8 @@ class DjangoRecorder:
                 raise _Refused(AppendOutcome("conflict", 0, None, ()))
             # Concurrent first appends: one row wins, the others wait for it and re-check.
             streams.bulk_create([Stream(stream_id=stream_id, stream_type=stream_type, version=0,
-                                        published_version=0, last_hash=GENESIS_HASH, created_at=now,
-                                        updated_at=now)], ignore_conflicts=True)
+                                        published_version=0, last_hash=GENESIS_HASH, created_at=Now(),
+                                        updated_at=Now())], ignore_conflicts=True)
             stream = streams.select_for_update(no_key=True).get(pk=stream_id)
         version, published, epoch = stream.version, stream.published_version, stream.publication_epoch
         if stream.migrated_to:
@@ -235,15 +235,17 @@ class DjangoRecorder:
         existing = [s for s in subjects if new_key is None or s != new_key.subject]
         if existing:
             rows = self._share_locked_keys(existing)
+            # The same order of refusals as eventstore_append: erased, changed, missing.
             erased = [s for s in existing if s in rows and rows[s] is None]
             if erased:
                 raise _Refused(AppendOutcome("erased", version, published, (), detail=erased[0]))
+            changed = [s for s in existing if s in rows and subject_keys.get(s) is not None
+                       and bytes(rows[s]) != subject_keys[s]]
+            if changed:
+                raise _Refused(AppendOutcome("key_changed", version, published, (), detail=changed[0]))
             missing = [s for s in existing if s not in rows]
             if missing:
                 raise _Refused(AppendOutcome("key_missing", version, published, (), detail=missing[0]))
-            changed = [s for s in existing if subject_keys.get(s) is not None and bytes(rows[s]) != subject_keys[s]]
-            if changed:
-                raise _Refused(AppendOutcome("key_changed", version, published, (), detail=changed[0]))
 
         chain = bytes(stream.last_hash)
         rows, hashes = [], []
@@ -260,7 +262,7 @@ class DjangoRecorder:
         SubjectStream.objects.using(self.alias).bulk_create(
             [SubjectStream(subject=subject, stream_id=stream_id) for subject in subjects], ignore_conflicts=True)
         new_version = version + len(events)
-        streams.filter(pk=stream_id).update(version=new_version, last_hash=chain, updated_at=now)
+        streams.filter(pk=stream_id).update(version=new_version, last_hash=chain, updated_at=Now())
         return AppendOutcome("appended", new_version, published, tuple(e.position for e in created), tuple(hashes),
                              epoch=epoch)
 
@@ -509,8 +511,9 @@ class DjangoRecorder:
         from ..models import Stream
 
         with transaction.atomic(using=self.alias):
-            return Stream.objects.using(self.alias).filter(pk__in=list(stream_ids)).update(
-                published_version=0, publication_epoch=F("publication_epoch") + 1)
+            streams = Stream.objects.using(self.alias).filter(pk__in=list(stream_ids))
+            list(streams.select_for_update(no_key=True).order_by("stream_id").values_list("pk", flat=True))  # in order
+            return streams.update(published_version=0, publication_epoch=F("publication_epoch") + 1)
 
     def stream_totals(self, stream_types: Sequence[str] | None = None) -> tuple[int, int]:
         """(streams, events) of these stream types."""
@@ -525,10 +528,11 @@ class DjangoRecorder:
         return totals["streams"] or 0, totals["events"] or 0
 
     def begin_maintenance(self, name: str, detail: str) -> datetime:
-        """Marks `name` in progress (replacing an unfinished one); returns its start (database clock)."""
+        """Marks `name` in progress (replacing an unfinished one); returns its start: the start of
+        the oldest transaction in flight (a stream it creates is stamped no earlier than that)."""
         from ..models import Maintenance
 
-        started = self.database_now()
+        started = self.oldest_transaction_start()
         Maintenance.objects.using(self.alias).update_or_create(name=name, defaults={"started_at": started,
                                                                                     "detail": detail})
         return started
@@ -619,6 +623,16 @@ class DjangoRecorder:
                 yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def oldest_transaction_start(self) -> datetime:
+        """The database's now, or the start of an older transaction still in flight."""
+        db = self.connection()
+        if db.vendor == "postgresql":
+            with db.cursor() as cursor:
+                cursor.execute("SELECT least(clock_timestamp(), min(xact_start)) FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                return cursor.fetchone()[0]
+        return self.database_now()  # SQLite: one writer at a time, none in flight now
 
     def database_now(self) -> datetime:
         """The database's clock (the one recorded_at and created_at follow)."""
@@ -930,8 +944,10 @@ class PostgresRecorder(DjangoRecorder):
                 [now, [p.global_position for p in publications], [p.topic for p in publications],
                  [p.partition for p in publications], [p.offset for p in publications]],
             )
-            # In stream id order (the runs are sorted), the order every multi-stream writer locks
-            # in: no deadlock with a unit of work saving several aggregates.
+            # The stream rows locked in stream id order, as every multi-stream writer locks them
+            # (no deadlock with a command saving several aggregates), then moved.
+            cursor.execute("SELECT 1 FROM eventstore_stream WHERE stream_id = ANY(%s) ORDER BY stream_id "
+                           "FOR NO KEY UPDATE", [[r[0] for r in runs]])
             cursor.execute(
                 "UPDATE eventstore_stream s SET published_version = x.last "
                 "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[]) AS x(sid, first, last, epoch) "

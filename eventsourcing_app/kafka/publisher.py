@@ -38,6 +38,7 @@ from .topics import check_topics
 logger = logging.getLogger(__name__)
 
 _RETRY_CONNECT_SECONDS = 2.0
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})  # by a producer replacement
 FIRST_CONNECT_WAIT_SECONDS = 2.0  # once per process; then the relay publishes what waited
 # Positions are recorded in batches: at most this long after the first acknowledgement waits,
 # at once when this many wait, or when somebody flushes. One UPDATE per batch, not per event.
@@ -209,10 +210,10 @@ class EventPublisher:
         """Produces one record (a snapshot, or a tombstone with value None) and waits for its
         acknowledgement: (topic, partition, offset), or None if Kafka did not take it. With
         `wait=False` it returns None at once; a failed delivery is logged."""
-        if wait:
-            if not self.ensure_connected(timeout):
-                return None
-        elif self._current_producer() is None:
+        if wait and not self.ensure_connected(timeout):
+            return None
+        producer = self._current_producer()  # read once: a replacement may run meanwhile
+        if producer is None:
             logger.warning("Kafka is not connected: the record for %s in %s was not published", key, topic)
             return None
         done, result = threading.Event(), []
@@ -222,11 +223,10 @@ class EventPublisher:
             if err is not None:
                 if not wait:
                     logger.warning("Kafka did not take the record for %s in %s: %s", key, topic, err)
-                if err.code() not in PERMANENT_ERRORS:
+                if err.code() not in PERMANENT_ERRORS | _PURGED:  # purged: a replacement is under way
                     self._replace_producer(f"a record for {key} was not delivered: {err}")
             done.set()
 
-        producer = self._producer
         try:
             producer.produce(topic, key=key.encode(), value=value, headers=headers, on_delivery=delivered)
         except BufferError as exc:
@@ -317,7 +317,7 @@ class EventPublisher:
             self._poison(publication, err)
             self._failed(stream_id)
             return
-        if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
+        if err.code() not in _PURGED:
             # A timeout, a fatal error, or anything else unexpected: a fresh producer.
             self.last_error = str(err)
             self._replace = True

@@ -1,7 +1,7 @@
 """The append function that holds under every interleaving, and the guards of snapshots and keys.
 
 `eventstore_append(...)` (PostgreSQL) now
-- records `recorded_at` with the database's clock;
+- records `recorded_at` with the database's clock, once it holds the stream row;
 - refuses events for a closed (migrated) stream, naming the new stream;
 - takes each data subject's advisory lock in shared mode and refuses personal data for a
   subject whose key was destroyed (an erasure takes that lock exclusively: it waits for appends
@@ -201,6 +201,9 @@ BEGIN
               INTO v_version, v_published, v_epoch, v_hash, v_closed
               FROM eventstore_stream s WHERE s.stream_id = p_stream_id FOR NO KEY UPDATE;
         END IF;
+        -- recorded_at: once the stream is ours (after any wait for another writer of it), so
+        -- that within a stream it follows the order of the commits.
+        v_now := clock_timestamp();
         IF v_closed IS NOT NULL THEN
             v_outcome := 'closed';
             v_detail := v_closed;
@@ -223,9 +226,6 @@ BEGIN
             END IF;
         END IF;
         IF v_existing > 0 THEN
-            -- Share-locked: an erasure (an UPDATE of the row) waits for this append, and an
-            -- append after the erasure sees the key destroyed. (A key this call inserted is
-            -- its own already.)
             -- Each subject's advisory lock, shared (in the lock manager: no row is written):
             -- an erasure takes it exclusively, so it waits for this append, and an append that
             -- comes after the erasure waits for its commit and then sees the key destroyed.

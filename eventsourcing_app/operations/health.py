@@ -50,7 +50,8 @@ def check_publishing() -> dict:
     if unfinished:
         name, started, _ = unfinished[0]
         raise Down(f"a {name} started at {started:%Y-%m-%d %H:%M:%S} UTC did not finish: nothing is published until "
-                   "it does (run `manage.py refill_kafka` again)", details)
+                   "it does (run `manage.py refill_kafka` again, with --recreate-topics if it was meant to empty the "
+                   "topics)", details)
     limit = settings.EVENTSTORE["PUBLISH_LAG_ALERT_SECONDS"]
     if age > limit:
         raise Down(f"events have waited {age:.0f}s for Kafka (more than {limit:.0f}s): publishing does not drain; "

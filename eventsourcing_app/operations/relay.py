@@ -92,7 +92,8 @@ def relay_outbox(store: EventStore, *, grace_seconds: float = 0.0, batch_size: i
             name, started, detail = unfinished[0]
             raise RefillUnfinishedError(
                 f"a {name} started at {started:%Y-%m-%d %H:%M:%S} UTC did not finish ({detail}); nothing is published "
-                "until it does: run `manage.py refill_kafka` again with the same options")
+                "until it does: run `manage.py refill_kafka` again (with --recreate-topics if it was "
+                "meant to empty the topics, or if the relay wrote into them meanwhile)")
         return _relay(store, grace_seconds, batch_size, progress, flush_timeout, force_new_producer, stream_types,
                       time_budget)
 

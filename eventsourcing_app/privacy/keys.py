@@ -19,14 +19,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.db import connections, transaction
 
 from ..eventstore.errors import EventStoreError, SubjectErasedError
 from ..eventstore.records import KeyMaterial, NewKey
-from ..eventstore.recorders import SUBJECT_LOCK_CLASS
+from ..eventstore.recorders import SUBJECT_LOCK_CLASS, recorder_for
 from .keyring import MasterKeyError, MasterKeyring
 
 KEY_CACHE_SECONDS = 120.0
@@ -46,7 +46,7 @@ class SubjectKeys:
                  read_materials: Callable[[list[str]], dict[str, KeyMaterial]] | None = None) -> None:
         """`read_materials(subjects)` reads key rows (the store's recorder, by default the ORM)."""
         self.keyring = keyring
-        self.read_materials = read_materials or (lambda subjects: _key_materials(subjects, alias))
+        self.read_materials = read_materials or recorder_for(alias).key_materials
         self.ttl_seconds = ttl_seconds
         self.max_keys = max_keys
         self.alias = alias
@@ -111,19 +111,29 @@ class SubjectKeys:
         # Insert a new key, or get the existing row (also when another writer inserted it
         # first). The no-op update makes RETURNING give the stored row either way.
         wrapped, master_id = self.keyring.wrap(os.urandom(32), subject)
-        with connections[self.alias].cursor() as cursor:
+        db = connections[self.alias]
+        with db.cursor() as cursor:
+            if db.vendor == "postgresql":
+                # The subject's lock first (shared), then the row, the order an erasure takes them.
+                cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, hashtext(%s))", [SUBJECT_LOCK_CLASS, subject])
             cursor.execute(
                 "INSERT INTO privacy_subject_key (subject, wrapped_key, master_key_id, created_at) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject "
-                "RETURNING wrapped_key, master_key_id, destroyed_at",
-                [subject, wrapped, master_id, datetime.now(timezone.utc)])
+                "RETURNING wrapped_key, master_key_id, destroyed_at, wrapped_key = %s",
+                [subject, wrapped, master_id, datetime.now(timezone.utc), wrapped])
             row = cursor.fetchone()
         if row[2] is not None or row[0] is None:
             self.forget(subject)
             raise SubjectErasedError(f"the personal data of {subject} was erased; no new personal data can be stored "
                                      "for it")
         material = KeyMaterial(bytes(row[0]), row[1])
-        return self._unwrap(subject, material), material.wrapped
+        aead = AESGCM(self.keyring.unwrap(material.wrapped, material.master_key_id, subject))
+        if row[3] and db.in_atomic_block:  # a key made now: kept only once its transaction committed
+            transaction.on_commit(lambda: self.remember(subject, aead, material.wrapped), using=self.alias,
+                                  robust=True)
+        else:
+            self.remember(subject, aead, material.wrapped)
+        return aead, material.wrapped
 
     # --- reading ---------------------------------------------------------------------
 
@@ -202,19 +212,6 @@ class SubjectKeys:
         for master_id in keys.filter(wrapped_key__isnull=False).values_list("master_key_id", flat=True).distinct():
             sample = keys.filter(master_key_id=master_id).values_list("subject", "wrapped_key").first()
             self.keyring.unwrap(bytes(sample[1]), master_id, sample[0])
-
-
-def _key_materials(subjects: Iterable[str], alias: str = "default") -> dict[str, KeyMaterial]:
-    """The key rows of these subjects, in one query (when no recorder is given to read them)."""
-    from ..models import SubjectKey
-
-    subjects = set(subjects)
-    if not subjects:
-        return {}
-    rows = SubjectKey.objects.using(alias).filter(pk__in=subjects).values_list("subject", "wrapped_key",
-                                                                               "master_key_id")
-    return {subject: KeyMaterial(bytes(wrapped) if wrapped is not None else None, master_id)
-            for subject, wrapped, master_id in rows}
 
 
 __all__ = ["KeyMaterial", "MasterKeyError", "NewKey", "SubjectErasedError", "SubjectKeys"]

@@ -18,8 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, child_id, output, actor, **options):
         try:
-            export = export_child_data(actor=Actor(actor, is_staff=not actor.startswith("system:")),
-                                       child_id=child_id)
+            export = export_child_data(actor=Actor.operator(actor), child_id=child_id)
         except (ApplicationError, EventStoreError) as exc:
             raise CommandError(str(exc)) from None
         text = json.dumps(export, indent=2, ensure_ascii=False, default=str)

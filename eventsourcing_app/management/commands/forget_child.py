@@ -19,9 +19,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, child_id, reason, actor, **options):
         try:
-            # Whoever runs this command acts for the platform, not as a parent.
-            who = Actor(actor, is_staff=not actor.startswith("system:"))
-            report = erase_child_data(actor=who, child_id=child_id, reason=reason)
+            report = erase_child_data(actor=Actor.operator(actor), child_id=child_id, reason=reason)
         except (ApplicationError, DomainError, EventStoreError) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(self.style.SUCCESS(str(report)))
