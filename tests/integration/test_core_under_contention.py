@@ -59,6 +59,7 @@ from eventsourcing_app.domain import (
     AggregateDeactivated,
     Child,
     ChildId,
+    Conversation,
     ChildProfileUpdated,
     Parent,
     PersonalDataErased,
@@ -304,6 +305,35 @@ def test_nothing_is_recorded_for_a_child_after_its_consent_was_withdrawn(store):
             record_message(actor=SYSTEM, conversation_id=conversation_id, speaker="child", text="too late")
     print(f"{recorded_total} messages recorded before withdrawals in {rounds} rounds "
           f"in {time.monotonic() - started:.1f}s")
+
+
+def test_an_erasure_racing_conversation_commands_ends_cleanly_for_both(store):
+    """Erasure locks the child's stream, then its subject; a conversation command locks what it
+    reads (the child), then its own stream and the subject: neither waits for the other in a
+    circle, and a deadlock the database breaks anyway is retried, never a raw database error."""
+    for n in range(15):
+        parent_id, child_id = new_family(device=True)
+        conversation_id = f"conv-{uid()}"
+        start_conversation(actor=SYSTEM, conversation_id=conversation_id, child_id=child_id)
+
+        def talk():
+            done = 0
+            try:
+                for i in range(8):
+                    record_message(actor=SYSTEM, conversation_id=conversation_id, speaker="child", text=f"hi {i}")
+                    done += 1
+            except (PersonalDataErased, Gone, AggregateDeactivated):
+                pass
+            return done
+
+        recorded, erased = race(talk, lambda: erase_child_data(actor=SYSTEM, child_id=child_id,
+                                                               reason="parent_request"),
+                                second_delay=random.uniform(0, 0.03))
+        assert not isinstance(recorded, Exception), repr(recorded)
+        assert not isinstance(erased, Exception), repr(erased)
+        assert stored_key(f"child:{child_id}") is None and load(Child, child_id).erased
+        texts = [m.text for m in load(Conversation, conversation_id).messages]
+        assert len(texts) == recorded and all(text is None for text in texts)  # erased, every one
 
 
 # --- 3. erasure and ownership -------------------------------------------------------------
