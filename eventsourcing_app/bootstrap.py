@@ -40,13 +40,16 @@ class Bootstrap:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._pid: int | None = None
         self._parts: dict[str, object] = {}
+        os.register_at_fork(after_in_child=self._forget_parts)
+
+    def _forget_parts(self) -> None:
+        """In a forked child: nothing of the parent's (producer, threads, connections) is reused."""
+        self._lock = threading.RLock()
+        self._parts = {}
 
     def _part(self, name: str, build):
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid, self._parts = os.getpid(), {}
             part = self._parts.get(name)
             if part is None:
                 part = self._parts[name] = build()

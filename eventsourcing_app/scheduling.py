@@ -8,7 +8,6 @@ a stream whose scheduling is lost is snapshotted at its next threshold crossing 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -26,7 +25,6 @@ class BackgroundSnapshotScheduler:
         self._pending: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._pid: int | None = None
         self._thread: threading.Thread | None = None
         self.dropped = 0
         self.sent = 0
@@ -41,8 +39,7 @@ class BackgroundSnapshotScheduler:
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     logger.warning("%d snapshot requests dropped while Celery is unreachable (e.g. %s); those "
                                    "streams are snapshotted at their next threshold", self.dropped, lost)
-            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
-                self._pid = os.getpid()
+            if self._thread is None or not self._thread.is_alive():  # also after a fork
                 self._thread = threading.Thread(target=self._run, name="snapshot-scheduler", daemon=True)
                 self._thread.start()
         self._wake.set()

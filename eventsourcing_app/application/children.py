@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..domain import AlreadyRegistered, Child, ChildId, Parent
 from .actors import Actor
 from .errors import ConsentRequired, NotFound
-from .unit_of_work import CommandResult, run_command
+from .unit_of_work import CommandResult, change_one, run_command
 
 
 def register_child(*, actor: Actor, child_id: str, parent_id: str, name: str, age: int,
@@ -28,33 +28,27 @@ def register_child(*, actor: Actor, child_id: str, parent_id: str, name: str, ag
     return run_command(actor, decide)
 
 
-def _child_command(actor: Actor, child_id: str, change) -> CommandResult:
-    def decide(uow):
-        child = uow.load_own_child(child_id)
-        change(child)
-        uow.save(child)
-        return child.stream_id
-
-    return run_command(actor, decide)
+def _own_child(child_id: str):
+    return lambda uow: uow.load_own_child(child_id)
 
 
 def update_child_profile(*, actor: Actor, child_id: str, changes: dict) -> CommandResult:
-    return _child_command(actor, child_id, lambda child: child.update_profile(changes))
+    return change_one(actor, _own_child(child_id), lambda child: child.update_profile(changes))
 
 
 def pair_device(*, actor: Actor, child_id: str, device_id: str, udid: str) -> CommandResult:
-    return _child_command(actor, child_id, lambda child: child.pair_device(device_id, udid))
+    return change_one(actor, _own_child(child_id), lambda child: child.pair_device(device_id, udid))
 
 
 def unpair_device(*, actor: Actor, child_id: str, reason: str | None = None) -> CommandResult:
-    return _child_command(actor, child_id, lambda child: child.unpair_device(reason))
+    return change_one(actor, _own_child(child_id), lambda child: child.unpair_device(reason))
 
 
 def change_safety_settings(*, actor: Actor, child_id: str, content_filter_level: str,
                            daily_time_limit_minutes: int) -> CommandResult:
-    return _child_command(actor, child_id, lambda child: child.change_safety_settings(
+    return change_one(actor, _own_child(child_id), lambda child: child.change_safety_settings(
         content_filter_level, daily_time_limit_minutes))
 
 
 def deactivate_child(*, actor: Actor, child_id: str, reason: str | None = None) -> CommandResult:
-    return _child_command(actor, child_id, lambda child: child.deactivate(reason))
+    return change_one(actor, _own_child(child_id), lambda child: child.deactivate(reason))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..domain import AggregateDeactivated, Child, Conversation, ConversationId, DevicePairingError, PersonalDataErased
 from .actors import Actor
 from .errors import ConsentRequired
-from .unit_of_work import CommandResult, UnitOfWork, run_command
+from .unit_of_work import CommandResult, UnitOfWork, change_one, run_command
 
 
 def _require_recordable(uow: UnitOfWork, child: Child) -> None:
@@ -40,16 +40,18 @@ def start_conversation(*, actor: Actor, conversation_id: str, child_id: str,
     return run_command(actor, decide)
 
 
-def _conversation_command(actor: Actor, conversation_id: str, change, *, recordable: bool = True) -> CommandResult:
-    def decide(uow):
+def _own_conversation(conversation_id: str, *, recordable: bool = True):
+    def load(uow: UnitOfWork) -> Conversation:
         conversation, child = uow.load_own_conversation(conversation_id)
         if recordable:
             _require_recordable(uow, child)
-        change(conversation)
-        uow.save(conversation)
-        return conversation.stream_id
+        return conversation
 
-    return run_command(actor, decide)
+    return load
+
+
+def _conversation_command(actor: Actor, conversation_id: str, change, *, recordable: bool = True) -> CommandResult:
+    return change_one(actor, _own_conversation(conversation_id, recordable=recordable), change)
 
 
 def record_message(*, actor: Actor, conversation_id: str, speaker: str, text: str) -> CommandResult:

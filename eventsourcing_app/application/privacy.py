@@ -52,10 +52,11 @@ def child_subjects(child_id: str) -> list[str]:
     return sorted(store.recorder.subject_aliases(subject_name("child", child_id)))
 
 
-def streams_of_child(child_id: str) -> list[str]:
-    """The child's own stream(s) and every stream holding data encrypted for the child."""
+def streams_of_child(child_id: str, subjects: list[str] | None = None) -> list[str]:
+    """The child's own stream(s) and every stream holding data encrypted for the child (the
+    child's subjects, if already known)."""
     recorder = get_event_sourcing_service().event_store.recorder
-    subjects = child_subjects(child_id)
+    subjects = subjects if subjects is not None else child_subjects(child_id)
     own = {f"child.{s.split(':', 1)[1]}" for s in subjects}
     return recorder.existing_streams(set(recorder.streams_of_subjects(subjects)) | own)
 
@@ -78,7 +79,7 @@ def erase_child_data(*, actor: Actor, child_id: str, reason: str) -> ErasureRepo
             # them in: an append in flight for the child finishes first; later ones see the key gone.
             uow.service.save_aggregate_sync(child, actor=actor.id)
         done["destroyed"] = protection.destroy_keys(subjects)
-        done["streams"] = streams_of_child(child_id)
+        done["streams"] = streams_of_child(child_id, subjects)
         done["snapshot_streams"] = sorted(set(recorder.snapshot_streams_of_subjects(subjects)) | set(done["streams"]))
         done["dropped"] = service.snapshot_store.delete_snapshots(done["snapshot_streams"])
         done["version"] = child.version
@@ -127,18 +128,18 @@ def export_child_data(*, actor: Actor, child_id: str) -> dict:
     if actor.is_parent and child.parent_id != actor.parent_id:
         raise NotFound(f"no child {child_id}")
     store = service.event_store
+    subjects = child_subjects(child_id)
     export: dict = {
         "subject": subject_name("child", child_id),
-        "subjects": child_subjects(child_id),
+        "subjects": subjects,
         "exported_at": datetime.now(timezone.utc).isoformat(),
         "exported_by": actor.id,
         # Erased also when reached through an alias (a migrated id) whose own stream is closed.
-        "erased": bool(child.erased) or any(m.erased for m in store.recorder.key_materials(
-            child_subjects(child_id)).values()),
+        "erased": bool(child.erased) or any(m.erased for m in store.recorder.key_materials(subjects).values()),
         "child": child.to_snapshot(),
         "streams": {},
     }
-    for stream_id in streams_of_child(child_id):
+    for stream_id in streams_of_child(child_id, subjects):
         export["streams"][stream_id] = [_event_entry(stored) for stored in store.load_events_sync(stream_id)]
     parent_id = child.parent_id
     if parent_id and store.get_stream_version_sync(f"parent.{parent_id}"):

@@ -87,6 +87,10 @@ class UnitOfWork:
         if self.actor.is_parent and self.actor.parent_id != parent_id:
             raise PermissionDenied(f"{self.actor.id} acts for parent {self.actor.parent_id}, not for parent {parent_id}")
 
+    def load_own_parent(self, parent_id: str) -> Parent:
+        self.require_own_parent(parent_id)
+        return self.load(Parent, parent_id)
+
     def load_own_child(self, child_id: str) -> Child:
         """The child, if the actor may act on it (a parent only on their own children)."""
         self.require_family_actor()
@@ -156,6 +160,18 @@ def run_command(actor: Actor, decide: Callable[[UnitOfWork], str]) -> CommandRes
             raise Unavailable(str(exc)) from exc
         return CommandResult(stream_id, saved.get(stream_id, 0), saved)
     raise AssertionError("unreachable")
+
+
+def change_one(actor: Actor, load: Callable[[UnitOfWork], A], change: Callable[[A], None]) -> CommandResult:
+    """A command on one aggregate: load it (the actor's rights checked by `load`), change it,
+    save it."""
+    def decide(uow: UnitOfWork) -> str:
+        aggregate = load(uow)
+        change(aggregate)
+        uow.save(aggregate)
+        return aggregate.stream_id
+
+    return run_command(actor, decide)
 
 
 def _check_what_was_read(uow: UnitOfWork, written: set[str], *, existing: bool) -> None:

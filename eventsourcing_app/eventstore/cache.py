@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import redis
 
 from ..domain.aggregate import EventSourcedAggregate
+from .configured import get_field_protection
 from .errors import EventStoreError
 from .ports import FieldProtection
 from .records import KeyMaterial
@@ -52,17 +53,9 @@ class AggregateCache:
     def __init__(self, redis_url: str, ttl_seconds: int, field_protection: FieldProtection | None = None) -> None:
         self.ttl_seconds = ttl_seconds
         self._client = redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
-        self._field_protection = field_protection
+        self.field_protection = field_protection or get_field_protection()
         self._skip_until = 0.0
         self._lock = threading.Lock()
-
-    @property
-    def field_protection(self) -> FieldProtection:
-        if self._field_protection is None:
-            from .configured import get_field_protection
-
-            self._field_protection = get_field_protection()
-        return self._field_protection
 
     @staticmethod
     def key(stream_id: str) -> str:

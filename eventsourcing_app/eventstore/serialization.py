@@ -196,21 +196,25 @@ class EventTypeRegistry:
 
     def __init__(self) -> None:
         self._upcasters: dict[tuple[str, int], Callable[[dict], dict]] = {}
-        # Opens encrypted fields (eventsourcing_app.privacy): the configured one, per process.
+        # Opens encrypted fields (eventsourcing_app.privacy): the configured one of this
+        # process (a forked child, e.g. a Celery worker, looks it up again).
         self._protection = None
-        self._protection_pid = None
+        os.register_at_fork(after_in_child=self._forget_protection)
+
+    def _forget_protection(self) -> None:
+        self._protection = None
 
     @property
     def field_protection(self):
-        if self._protection is None or self._protection_pid != os.getpid():
+        if self._protection is None:
             from .configured import get_field_protection
 
-            self._protection, self._protection_pid = get_field_protection(), os.getpid()
+            self._protection = get_field_protection()
         return self._protection
 
     @field_protection.setter
     def field_protection(self, protection) -> None:
-        self._protection, self._protection_pid = protection, os.getpid()
+        self._protection = protection
 
     def upcaster(self, event_type: str, from_version: int) -> Callable[[Callable[[dict], dict]], Callable[[dict], dict]]:
         """Registers `fn(data_at_from_version) -> data_at_from_version_plus_1`."""

@@ -25,7 +25,8 @@ from ..domain.aggregate import EventSourcedAggregate
 from .errors import EventStoreError, MalformedEventError, SubjectErasedError
 from .ports import FieldProtection, Publisher
 from .records import KeyMaterial
-from .recorders import DjangoRecorder, SnapshotRow
+from .configured import get_field_protection
+from .recorders import DjangoRecorder, SnapshotRow, recorder_for
 from .serialization import canonical_json, parse_stream_id, subject_name
 
 logger = logging.getLogger(__name__)
@@ -83,24 +84,8 @@ class SnapshotStore:
         self.keep = keep
         self.publisher = publisher
         self.kafka_settings = kafka_settings
-        self._recorder = recorder
-        self._field_protection = field_protection
-
-    @property
-    def recorder(self) -> DjangoRecorder:
-        if self._recorder is None:
-            from .recorders import recorder_for
-
-            self._recorder = recorder_for()
-        return self._recorder
-
-    @property
-    def field_protection(self) -> FieldProtection:
-        if self._field_protection is None:
-            from .configured import get_field_protection
-
-            self._field_protection = get_field_protection()
-        return self._field_protection
+        self.recorder = recorder or recorder_for()
+        self.field_protection = field_protection or get_field_protection()
 
     def frequency_for(self, stream_type: str) -> int:
         return self.frequencies.get(stream_type, self.default_frequency)

@@ -31,6 +31,7 @@ from .errors import (
     TransientStoreError,
     UnknownStreamTypeError,
 )
+from .configured import get_field_protection
 from .integrity import content_digest
 from .ports import FieldProtection, KafkaCopyReader, Publisher
 from .records import AppendResult, EventMetadata, ExpectedVersion, StoredEvent
@@ -60,16 +61,8 @@ class EventStore:
         self.max_event_bytes = max_event_bytes
         self.publisher = publisher
         self.kafka_settings = kafka_settings
-        self._field_protection = field_protection
+        self.field_protection = field_protection or get_field_protection()
         self.kafka_reader = kafka_reader
-
-    @property
-    def field_protection(self) -> FieldProtection:
-        if self._field_protection is None:
-            from .configured import get_field_protection
-
-            self._field_protection = get_field_protection()
-        return self._field_protection
 
     # --- append ---------------------------------------------------------------------
 

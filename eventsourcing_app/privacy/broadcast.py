@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from typing import Callable, Sequence
@@ -27,7 +26,6 @@ class ErasureBroadcast:
         self.redis_url = redis_url
         self.on_erased = on_erased
         self._lock = threading.Lock()
-        self._pid: int | None = None
         self._thread: threading.Thread | None = None
         self.received = 0
 
@@ -46,9 +44,8 @@ class ErasureBroadcast:
     def ensure_listening(self) -> None:
         """Starts the listener in this process (again after a fork, or if it died)."""
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            if self._thread is not None and self._thread.is_alive():  # (never after a fork)
                 return
-            self._pid = os.getpid()
             self._thread = threading.Thread(target=self._listen, name="erasure-listener", daemon=True)
             self._thread.start()
 

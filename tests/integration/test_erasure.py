@@ -409,6 +409,23 @@ def test_an_unknown_erasure_reason_is_refused_before_anything_changes(store):
     assert (child.erased, child.name) == (False, NAME)
 
 
+def while_writers_run(threads, stop: threading.Event, *, until, action):
+    """Starts the writer threads, runs `action` once `until()` holds (they are busy), lets the
+    writers finish on their own (they stop at a refusal), and always stops them in the end."""
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(until, timeout=30)
+        result = action()
+        for thread in threads:
+            thread.join(timeout=60)
+        return result
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+
+
 # --- 3. appends racing an erasure --------------------------------------------------------------
 
 RACING_WRITERS = 8
@@ -441,17 +458,10 @@ def test_appends_racing_an_erasure_committed_before_the_key_was_destroyed_or_wer
             connections.close_all()
 
     threads = [threading.Thread(target=writer, args=(c,)) for c in family.conversation_ids]
-    try:
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: all(sum(k == "committed" for k, _ in o) >= 5 for o in outcomes.values()), timeout=30)
-        report = erase_child_data(actor=Actor.system("race"), child_id=family.child_id, reason="parent_request")
-        for thread in threads:
-            thread.join(timeout=60)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+    report = while_writers_run(
+        threads, stop, until=lambda: all(sum(k == "committed" for k, _ in o) >= 5 for o in outcomes.values()),
+        action=lambda: erase_child_data(actor=Actor.system("race"), child_id=family.child_id,
+                                        reason="parent_request"))
     assert report.key_destroyed
     assert not any(t.is_alive() for t in threads)
 
@@ -728,17 +738,9 @@ def test_a_migration_under_concurrent_appends_loses_nothing_and_erasing_the_new_
             connections.close_all()
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(MIGRATION_WRITERS)]
-    try:
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: all(len(s) >= 20 for s in successes), timeout=30)
-        report = migrate_stream(old_stream, new_stream, actor="system:erasure-tests", chunk=7)
-        for thread in threads:
-            thread.join(timeout=60)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+    report = while_writers_run(
+        threads, stop, until=lambda: all(len(s) >= 20 for s in successes),
+        action=lambda: migrate_stream(old_stream, new_stream, actor="system:erasure-tests", chunk=7))
 
     assert not errors, errors
     assert all(len(c) == 1 for c in closed), "every writer is stopped by the closed stream"
