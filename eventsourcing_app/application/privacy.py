@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 from ..domain import Child, Parent
 from ..eventstore import AggregateNotFoundError, deserialize_event, get_aggregate_cache, get_event_sourcing_service
-from ..eventstore.serialization import json_data, subject_name
+from ..eventstore.serialization import json_data, parse_stream_id, subject_name
 from .actors import Actor
 from .errors import NotFound, PermissionDenied
 from .unit_of_work import run_command
@@ -104,6 +104,7 @@ def erase_child_data(*, actor: Actor, child_id: str, reason: str) -> ErasureRepo
 def _live_child_id(child_id: str) -> str:
     """The id whose stream is open: a migrated child's stream is followed to the one it moved to."""
     recorder = get_event_sourcing_service().event_store.recorder
+    parse_stream_id(f"child.{child_id}")  # an id that cannot be a child's is named as such
     stream, seen = recorder.stream(f"child.{child_id}"), set()
     if stream is None:
         raise NotFound(f"no child {child_id} (stream child.{child_id} does not exist)")
