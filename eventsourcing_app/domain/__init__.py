@@ -22,6 +22,7 @@ from .conversation import (
     ConversationStarted,
     ConversationSummarized,
     MessageRecorded,
+    SafetyFlagAcknowledged,
     SafetyFlagRaised,
 )
 from .errors import (
@@ -68,7 +69,8 @@ __all__ = [
     "ParentRegistered", "ParentalConsentGranted", "ParentalConsentWithdrawn", "ParentSettingsUpdated",
     "ParentDeactivated", "CONSENT_METHODS",
     # conversation events
-    "ConversationStarted", "MessageRecorded", "SafetyFlagRaised", "ConversationEnded", "ConversationSummarized",
+    "ConversationStarted", "MessageRecorded", "SafetyFlagRaised", "SafetyFlagAcknowledged", "ConversationEnded",
+    "ConversationSummarized",
     # errors
     "InvalidValue", "InvalidName", "InvalidAge", "UnknownField", "UnknownProfileField", "UnknownSettingField",
     "AlreadyRegistered", "NotRegistered", "AggregateDeactivated", "PersonalDataErased", "DevicePairingError",

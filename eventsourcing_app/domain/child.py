@@ -24,6 +24,7 @@ from .errors import (
     NotRegistered,
     PersonalDataErased,
     UnknownProfileField,
+    check_actor_id,
     check_changes,
     check_choice,
     check_id,
@@ -33,7 +34,7 @@ from .errors import (
     check_text,
 )
 from .events import DomainEvent
-from .ids import ACTOR_ID, ActorId, ChildId, DeviceId, ParentId, datetime_or_none, id_or_none, isoformat_or_none
+from .ids import ActorId, ChildId, DeviceId, ParentId, datetime_or_none, id_or_none, isoformat_or_none
 
 MIN_AGE, MAX_AGE = 3, 13
 NAME_MAX_LENGTH = 100
@@ -195,15 +196,6 @@ def _check_interests(value: object) -> list[str]:
 _PROFILE_CHECKS = {"name": _check_name, "age": _check_age, "interests": _check_interests, "language": check_language}
 
 
-def _check_actor_id(value: object, what: str) -> ActorId:
-    if not isinstance(value, str) or not ACTOR_ID.fullmatch(value):
-        raise InvalidValue(
-            f"{what} {value!r} is not an actor id; give 'user:<id>' or 'system:<name>' "
-            "(at most 100 letters, digits, '.', '_' or '-' after the colon), not a name or free text"
-        )
-    return ActorId(value)
-
-
 # --- The aggregate -----------------------------------------------------------------
 
 class Child(EventSourcedAggregate):
@@ -315,7 +307,7 @@ class Child(EventSourcedAggregate):
         """
         self._require_not_erased()
         if erased_by is not None:
-            erased_by = _check_actor_id(erased_by, "erased_by")
+            erased_by = check_actor_id(erased_by, "erased_by")
         if reason is not None:
             reason = check_choice(reason, "erasure reason", ERASURE_REASONS)
         self._raise_event(ChildDataErased(child_id=self.id, erased_by=erased_by, reason=reason))

@@ -6,10 +6,14 @@ What was said is the child's personal data: message texts, summaries and the fre
 conversation ended are sensitive fields, encrypted with the child's key, and come back as None
 once the child's data is erased. The conversation keeps its shape then (sequence numbers,
 speakers, flags), only the words are gone.
+
+Safety flags are numbered 1, 2, 3 ... in the order they were raised: a flag's number is its
+position among the stream's SafetyFlagRaised events, which is how an acknowledgement
+(SafetyFlagAcknowledged.flag_number) and any reader of the stream name it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, get_args
 
@@ -20,13 +24,14 @@ from .errors import (
     ConversationNotEnded,
     ConversationNotStarted,
     InvalidValue,
+    check_actor_id,
     check_choice,
     check_id,
     check_optional_text,
     check_text,
 )
 from .events import DomainEvent
-from .ids import ChildId, ConversationId, DeviceId, datetime_or_none, id_or_none, isoformat_or_none
+from .ids import ActorId, ChildId, ConversationId, DeviceId, datetime_or_none, id_or_none, isoformat_or_none
 
 SPEAKERS = ("child", "bear")
 MESSAGE_MAX_LENGTH = 4000
@@ -83,6 +88,18 @@ class SafetyFlagRaised(DomainEvent):
 
 
 @dataclass
+class SafetyFlagAcknowledged(DomainEvent):
+    """A parent (or the platform) has seen safety flag `flag_number` of the conversation."""
+
+    conversation_id: ConversationId
+    child_id: ChildId
+    flag_number: int  # 1 for the first SafetyFlagRaised of the stream, 2 for the second, ...
+    acknowledged_by: ActorId
+
+    data_subject = _CHILD_SUBJECT
+
+
+@dataclass
 class ConversationEnded(DomainEvent):
     conversation_id: ConversationId
     child_id: ChildId
@@ -120,6 +137,13 @@ class SafetyFlag:
     severity: str
     message_sequence: int | None
     raised_at: datetime
+    number: int
+    acknowledged_at: datetime | None = None
+    acknowledged_by: ActorId | None = None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.acknowledged_at is not None
 
 
 # --- The aggregate -----------------------------------------------------------------
@@ -131,8 +155,8 @@ class Conversation(EventSourcedAggregate):
     # Message metadata (sequence, speaker, time) is kept apart from the texts, so that a
     # snapshot whose texts were erased still restores the conversation's shape.
     snapshot_sensitive_fields = ("message_texts", "summary", "end_reason")
-    # 2: end_reason became sensitive.
-    snapshot_schema_version = 2
+    # 2: end_reason became sensitive. 3: safety flags carry their number and acknowledgement.
+    snapshot_schema_version = 3
 
     def __init__(self, id: str) -> None:
         super().__init__(check_id(id, ConversationId, "conversation id"))
@@ -191,6 +215,24 @@ class Conversation(EventSourcedAggregate):
         self._raise_event(SafetyFlagRaised(conversation_id=self.id, child_id=self.child_id, category=category,
                                            severity=severity, message_sequence=message_sequence))
 
+    def acknowledge_safety_flag(self, number: int, acknowledged_by: str) -> None:
+        """Records that safety flag `number` was seen, by `acknowledged_by` (an actor id).
+
+        Allowed after the end: an alert is often read once the conversation is over. A flag
+        already acknowledged stays as it was (its first acknowledgement is the one on record).
+        """
+        if not self.started:
+            raise ConversationNotStarted(f"conversation {self.id} has not started; it has no safety flags")
+        acknowledged_by = check_actor_id(acknowledged_by, "acknowledged_by")
+        count = len(self.safety_flags)
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= count:
+            valid = f"its flags are numbered 1..{count}" if count else "it has no safety flags"
+            raise InvalidValue(f"safety flag {number!r} is not a flag of conversation {self.id} ({valid})")
+        if self.safety_flags[number - 1].acknowledged:
+            return
+        self._raise_event(SafetyFlagAcknowledged(conversation_id=self.id, child_id=self.child_id, flag_number=number,
+                                                 acknowledged_by=acknowledged_by))
+
     def end(self, reason: str | None = None) -> None:
         self._require_open()
         reason = check_optional_text(reason, "reason")
@@ -227,6 +269,8 @@ class Conversation(EventSourcedAggregate):
             self._apply_message_recorded(event)
         elif isinstance(event, SafetyFlagRaised):
             self._apply_safety_flag_raised(event)
+        elif isinstance(event, SafetyFlagAcknowledged):
+            self._apply_safety_flag_acknowledged(event)
         elif isinstance(event, ConversationEnded):
             self._apply_conversation_ended(event)
         elif isinstance(event, ConversationSummarized):
@@ -245,7 +289,13 @@ class Conversation(EventSourcedAggregate):
 
     def _apply_safety_flag_raised(self, event: SafetyFlagRaised) -> None:
         self.safety_flags.append(SafetyFlag(category=event.category, severity=event.severity,
-                                            message_sequence=event.message_sequence, raised_at=event.occurred_at))
+                                            message_sequence=event.message_sequence, raised_at=event.occurred_at,
+                                            number=len(self.safety_flags) + 1))
+
+    def _apply_safety_flag_acknowledged(self, event: SafetyFlagAcknowledged) -> None:
+        index = event.flag_number - 1
+        self.safety_flags[index] = replace(self.safety_flags[index], acknowledged_at=event.occurred_at,
+                                           acknowledged_by=event.acknowledged_by)
 
     def _apply_conversation_ended(self, event: ConversationEnded) -> None:
         self.ended_at = event.occurred_at
@@ -270,8 +320,10 @@ class Conversation(EventSourcedAggregate):
             ],
             "message_texts": [m.text for m in self.messages],
             "safety_flags": [
-                {"category": f.category, "severity": f.severity, "message_sequence": f.message_sequence,
-                 "raised_at": f.raised_at.isoformat()}
+                {"number": f.number, "category": f.category, "severity": f.severity,
+                 "message_sequence": f.message_sequence, "raised_at": f.raised_at.isoformat(),
+                 "acknowledged_at": isoformat_or_none(f.acknowledged_at),
+                 "acknowledged_by": None if f.acknowledged_by is None else str(f.acknowledged_by)}
                 for f in self.safety_flags
             ],
             "ended_at": isoformat_or_none(self.ended_at),
@@ -295,7 +347,9 @@ class Conversation(EventSourcedAggregate):
         ]
         conversation.safety_flags = [
             SafetyFlag(category=f["category"], severity=f["severity"], message_sequence=f["message_sequence"],
-                       raised_at=datetime.fromisoformat(f["raised_at"]))
+                       raised_at=datetime.fromisoformat(f["raised_at"]), number=f["number"],
+                       acknowledged_at=datetime_or_none(f["acknowledged_at"]),
+                       acknowledged_by=id_or_none(ActorId, f["acknowledged_by"]))
             for f in state["safety_flags"]
         ]
         conversation.ended_at = datetime_or_none(state["ended_at"])

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from .events import DomainError
+from .ids import ACTOR_ID, ActorId
 
 
 # --- Invalid input -----------------------------------------------------------------
@@ -138,6 +139,16 @@ def check_int(value: object, what: str, low: int, high: int, *, error: type[Doma
     if not low <= value <= high:
         raise error(f"{what} {value} is outside {low}..{high}")
     return value
+
+
+def check_actor_id(value: object, what: str) -> ActorId:
+    """Who did something, as the audit trail names them: never a person's name or free text."""
+    if not isinstance(value, str) or not ACTOR_ID.fullmatch(value):
+        raise InvalidValue(
+            f"{what} {value!r} is not an actor id; give 'user:<id>' or 'system:<name>' "
+            "(at most 100 letters, digits, '.', '_' or '-' after the colon), not a name or free text"
+        )
+    return ActorId(value)
 
 
 def check_bool(value: object, what: str) -> bool:

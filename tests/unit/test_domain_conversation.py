@@ -1,5 +1,6 @@
-"""The Conversation aggregate and its events: messages in sequence, safety flags, nothing before
-the start or after the end, summaries, replay and snapshots. Pure Python, no I/O."""
+"""The Conversation aggregate and its events: messages in sequence, safety flags and their
+acknowledgement, nothing before the start or after the end, summaries, replay and snapshots.
+Pure Python, no I/O."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,12 +22,13 @@ from eventsourcing_app.domain import (
     DeviceId,
     InvalidValue,
     MessageRecorded,
+    SafetyFlagAcknowledged,
     SafetyFlagRaised,
 )
 from tests.unit.domain_helpers import assert_refused, replayed
 
-CONVERSATION_EVENTS = (ConversationStarted, MessageRecorded, SafetyFlagRaised, ConversationEnded,
-                       ConversationSummarized)
+CONVERSATION_EVENTS = (ConversationStarted, MessageRecorded, SafetyFlagRaised, SafetyFlagAcknowledged,
+                       ConversationEnded, ConversationSummarized)
 
 
 def started_conversation() -> Conversation:
@@ -53,6 +55,7 @@ def test_what_was_said_is_sensitive():
     assert MessageRecorded.sensitive_fields == ("text",)
     assert ConversationSummarized.sensitive_fields == ("summary",)
     assert ConversationEnded.sensitive_fields == ("reason",)
+    assert SafetyFlagRaised.sensitive_fields == SafetyFlagAcknowledged.sensitive_fields == ()
 
 
 # --- Start and messages ------------------------------------------------------------
@@ -174,6 +177,101 @@ def test_a_flag_can_only_point_at_a_recorded_message(sequence):
                    match=r"is not a message of conversation conv-456 \(it has messages 1..1\)")
 
 
+def test_safety_flags_are_numbered_from_1_in_the_order_raised():
+    conversation = started_conversation()
+    conversation.record_message("child", "hi")
+
+    for category in ("other", "bullying", "personal_info"):
+        conversation.raise_safety_flag(category, "low")
+
+    assert [(f.number, f.category) for f in conversation.safety_flags] == [
+        (1, "other"), (2, "bullying"), (3, "personal_info")]
+    assert not any(f.acknowledged for f in conversation.safety_flags)
+    # SafetyFlagRaised carries no number: a flag's number is its position in the stream.
+    assert "flag_number" not in SafetyFlagRaised.data_field_names()
+
+
+# --- Acknowledging safety flags ----------------------------------------------------
+
+def flagged_conversation(flags: int = 2) -> Conversation:
+    conversation = started_conversation()
+    conversation.record_message("child", "A man in the park asked where I live")
+    for _ in range(flags):
+        conversation.raise_safety_flag("stranger_contact", "high", 1)
+    return conversation
+
+
+def test_acknowledging_a_flag_records_who_and_when():
+    conversation = flagged_conversation()
+
+    conversation.acknowledge_safety_flag(2, "user:42")
+
+    event = conversation.get_domain_events()[-1]
+    assert isinstance(event, SafetyFlagAcknowledged)
+    assert (event.conversation_id, event.child_id, event.flag_number, event.acknowledged_by) == (
+        "conv-456", "child-123", 2, "user:42")
+    first, second = conversation.safety_flags
+    assert not first.acknowledged and first.acknowledged_by is None
+    assert second.acknowledged and (second.acknowledged_at, second.acknowledged_by) == (event.occurred_at, "user:42")
+    assert (second.number, second.category, second.message_sequence) == (2, "stranger_contact", 1)
+
+
+def test_a_flag_can_be_acknowledged_after_the_conversation_ended():
+    conversation = flagged_conversation(1)
+    conversation.end("bedtime")
+
+    conversation.acknowledge_safety_flag(1, "system:support-desk")
+
+    assert conversation.safety_flags[0].acknowledged_by == "system:support-desk"
+
+
+def test_acknowledging_an_acknowledged_flag_changes_nothing_and_keeps_the_first_acknowledgement():
+    conversation = flagged_conversation()
+    conversation.acknowledge_safety_flag(1, "user:42")
+    state, pending = conversation.to_snapshot(), conversation.get_domain_events()
+
+    conversation.acknowledge_safety_flag(1, "user:42")
+    conversation.acknowledge_safety_flag(1, "user:43")
+
+    assert conversation.get_domain_events() == pending
+    assert conversation.to_snapshot() == state
+    assert conversation.safety_flags[0].acknowledged_by == "user:42"
+
+
+@pytest.mark.parametrize("number", [0, 3, -1, True, "1", None, 1.0])
+def test_only_a_raised_flag_can_be_acknowledged_and_the_error_names_the_valid_numbers(number):
+    conversation = flagged_conversation()
+    assert_refused(conversation, lambda: conversation.acknowledge_safety_flag(number, "user:42"), InvalidValue,
+                   match=r"safety flag .* is not a flag of conversation conv-456 \(its flags are numbered 1..2\)")
+
+
+def test_a_conversation_without_flags_says_so():
+    conversation = started_conversation()
+    assert_refused(conversation, lambda: conversation.acknowledge_safety_flag(1, "user:42"), InvalidValue,
+                   match=r"safety flag 1 is not a flag of conversation conv-456 \(it has no safety flags\)")
+
+
+def test_a_conversation_that_has_not_started_has_no_flags_to_acknowledge():
+    conversation = Conversation("conv-456")
+    assert_refused(conversation, lambda: conversation.acknowledge_safety_flag(1, "user:42"), ConversationNotStarted,
+                   match="conversation conv-456 has not started; it has no safety flags")
+
+
+@pytest.mark.parametrize("acknowledged_by", ["Sam Parent", "sam@example.com", "", None, "user:", "admin:1",
+                                             "user:4 2", "user:" + "9" * 101, 42])
+def test_acknowledged_by_is_an_actor_id_never_a_name_or_free_text(acknowledged_by):
+    conversation = flagged_conversation()
+    assert_refused(conversation, lambda: conversation.acknowledge_safety_flag(1, acknowledged_by), InvalidValue,
+                   match=r"acknowledged_by .* is not an actor id; give 'user:<id>' or 'system:<name>'")
+
+
+def test_a_bad_actor_id_is_refused_also_for_an_acknowledged_flag():
+    conversation = flagged_conversation()
+    conversation.acknowledge_safety_flag(1, "user:42")
+    assert_refused(conversation, lambda: conversation.acknowledge_safety_flag(1, "Sam"), InvalidValue,
+                   match="is not an actor id")
+
+
 # --- End and summary ---------------------------------------------------------------
 
 def test_end_records_the_reason():
@@ -260,7 +358,9 @@ def full_history_conversation() -> Conversation:
     conversation.record_message("child", "Hello bear!")
     conversation.record_message("bear", "Hello! What shall we play?")
     conversation.raise_safety_flag("stranger_contact", "medium", 1)
+    conversation.raise_safety_flag("other", "low")
     conversation.end("bedtime")
+    conversation.acknowledge_safety_flag(1, "user:42")
     conversation.summarize("They said hello.")
     return conversation
 
@@ -279,7 +379,7 @@ def test_erased_texts_keep_the_shape_of_the_conversation():
     copy = replayed(conversation, events)
 
     assert [(m.sequence, m.speaker, m.text) for m in copy.messages] == [(1, "child", None), (2, "bear", None)]
-    assert copy.summary is None and copy.ended and len(copy.safety_flags) == 1
+    assert copy.summary is None and copy.ended and copy.safety_flags == conversation.safety_flags
     assert copy.end_reason is None and copy.ended_at == conversation.ended_at
     assert copy.to_snapshot() == {**conversation.to_snapshot(), "message_texts": [None, None], "summary": None,
                                   "end_reason": None}
@@ -289,19 +389,32 @@ def test_snapshot_round_trip_through_json_restores_state_and_version():
     conversation = full_history_conversation()
     state = json.loads(json.dumps(conversation.to_snapshot()))
 
-    restored = Conversation.from_snapshot("conv-456", 6, state)
+    restored = Conversation.from_snapshot("conv-456", 8, state)
 
     assert restored.to_snapshot() == conversation.to_snapshot()
     assert restored.messages == conversation.messages
     assert restored.safety_flags == conversation.safety_flags
-    assert restored.version == 6 and isinstance(restored.id, ConversationId)
+    assert [(f.number, f.acknowledged_by) for f in restored.safety_flags] == [(1, "user:42"), (2, None)]
+    assert restored.version == 8 and isinstance(restored.id, ConversationId)
+
+
+def test_a_restored_conversation_acknowledges_like_the_original():
+    conversation = full_history_conversation()
+    restored = Conversation.from_snapshot("conv-456", 8, conversation.to_snapshot())
+
+    restored.acknowledge_safety_flag(1, "user:43")
+    restored.acknowledge_safety_flag(2, "user:43")
+
+    assert [e.flag_number for e in restored.get_domain_events()] == [2]
+    assert replayed(conversation, [*conversation.get_domain_events(), *restored.get_domain_events()]).to_snapshot() \
+        == restored.to_snapshot()
 
 
 def test_snapshot_with_erased_texts_restores_the_messages_without_words():
     conversation = full_history_conversation()
     state = {**conversation.to_snapshot(), **{key: None for key in Conversation.snapshot_sensitive_fields}}
 
-    restored = Conversation.from_snapshot("conv-456", 6, state)
+    restored = Conversation.from_snapshot("conv-456", 8, state)
 
     assert [(m.sequence, m.text) for m in restored.messages] == [(1, None), (2, None)]
     assert restored.summary is None and restored.last_sequence == 2
@@ -313,7 +426,8 @@ def test_snapshot_names_the_child_once_started():
     assert started_conversation().snapshot_subject() == ("child", "child-123")
     assert set(Conversation.snapshot_sensitive_fields) == {"message_texts", "summary", "end_reason"}
     assert set(Conversation.snapshot_sensitive_fields) <= set(started_conversation().to_snapshot())
-    assert Conversation.snapshot_schema_version == 2  # older snapshots held end_reason in clear
+    # 2: older snapshots held end_reason in clear; 3: older ones had no flag numbers or acknowledgements
+    assert Conversation.snapshot_schema_version == 3
 
 
 def test_a_restored_conversation_continues_the_sequence():
