@@ -13,6 +13,7 @@ from .children import (
     update_child_profile,
 )
 from .conversations import (
+    acknowledge_safety_flag,
     end_conversation,
     raise_safety_flag,
     record_message,
@@ -36,8 +37,8 @@ from .unit_of_work import CommandResult
 __all__ = [
     "Actor", "ApplicationError", "CommandResult", "Conflict", "ConsentRequired", "ErasureReport", "Gone",
     "InvalidActor", "NotFound", "PermissionDenied", "Unavailable",
-    "change_safety_settings", "deactivate_child", "deactivate_parent", "end_conversation", "erase_child_data",
-    "export_child_data", "grant_consent", "pair_device", "raise_safety_flag", "record_message", "register_child",
-    "register_parent", "start_conversation", "summarize_conversation", "unpair_device", "update_child_profile",
-    "update_parent_settings", "withdraw_consent",
+    "acknowledge_safety_flag", "change_safety_settings", "deactivate_child", "deactivate_parent", "end_conversation",
+    "erase_child_data", "export_child_data", "grant_consent", "pair_device", "raise_safety_flag", "record_message",
+    "register_child", "register_parent", "start_conversation", "summarize_conversation", "unpair_device",
+    "update_child_profile", "update_parent_settings", "withdraw_consent",
 ]

@@ -66,6 +66,15 @@ def raise_safety_flag(*, actor: Actor, conversation_id: str, category: str, seve
                                  recordable=False)
 
 
+def acknowledge_safety_flag(*, actor: Actor, conversation_id: str, flag_number: int) -> CommandResult:
+    """Records that the actor (the child's parent, staff or a system job) has seen safety flag
+    `flag_number` (1 for the first raised); an acknowledged flag stays as it was."""
+    # Allowed without consent in force and after the end: seeing an alert about one's child
+    # collects nothing about the child.
+    return _conversation_command(actor, conversation_id, lambda c: c.acknowledge_safety_flag(flag_number, actor.id),
+                                 recordable=False)
+
+
 def end_conversation(*, actor: Actor, conversation_id: str, reason: str | None = None) -> CommandResult:
     # Ending is always allowed: it stops recording.
     return _conversation_command(actor, conversation_id, lambda c: c.end(reason), recordable=False)

@@ -14,7 +14,10 @@ Proven here:
   every change, without gaps;
 - an event appended while serving a DRF request is attributed to the user DRF authenticated
   (the middleware's actor is read when the event is appended) and carries the request's
-  correlation id.
+  correlation id;
+- a parent acknowledges the safety flags of their own child's conversations (also after the end
+  and after consent was withdrawn), once: a second acknowledgement stores nothing; another
+  family's conversation is "not found"; a bad flag number stores nothing.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from rest_framework.views import APIView
 
 from eventsourcing_app.application import (
     Actor,
+    acknowledge_safety_flag,
     CommandResult,
     Conflict,
     ConsentRequired,
@@ -768,3 +772,88 @@ def test_an_unauthenticated_drf_request_stores_nothing(world):
                           anonymous_user=False)
     assert response.status_code in (401, 403)
     assert everything(world.streams()) == before
+
+
+# --- 11. acknowledging safety flags -------------------------------------------------------
+
+def _flag_twice(world) -> str:
+    """conv_open with two flags, ended: the stream at version 5."""
+    stream_id = f"conversation.{world.conv_open}"
+    raise_safety_flag(actor=BEAR, conversation_id=world.conv_open, category="stranger_contact", severity="high",
+                      message_sequence=1)
+    raise_safety_flag(actor=BEAR, conversation_id=world.conv_open, category="other", severity="low")
+    end_conversation(actor=BEAR, conversation_id=world.conv_open)
+    assert store_().get_stream_version_sync(stream_id) == 5
+    return stream_id
+
+
+def test_a_parent_acknowledges_a_flag_of_their_own_childs_conversation_once(world):
+    stream_id = _flag_twice(world)
+
+    result = acknowledge_safety_flag(actor=world.parent_user, conversation_id=world.conv_open, flag_number=2)
+
+    assert (result.stream_id, result.version, result.streams) == (stream_id, 6, {stream_id: 6})
+    stored = events_of(stream_id)[-1]
+    event = deserialize_event(stored)
+    assert (stored.event_type, stored.metadata.actor) == ("SafetyFlagAcknowledged", "user:7")
+    assert (event.flag_number, event.acknowledged_by, event.child_id) == (2, "user:7", world.child)
+    assert json.loads(stored.payload)["acknowledged_by"] == "user:7"  # an actor id, in clear: no personal data
+    flags = load(Conversation, world.conv_open).safety_flags
+    assert [(f.number, f.category, f.acknowledged_by) for f in flags] == [
+        (1, "stranger_contact", None), (2, "other", "user:7")]
+    assert flags[1].acknowledged_at == event.occurred_at
+
+    before = everything(world.streams())
+    again = acknowledge_safety_flag(actor=Actor.user(8, parent_id=world.parent), conversation_id=world.conv_open,
+                                    flag_number=2)
+    assert (again.stream_id, again.version) == (stream_id, 6)
+    assert everything(world.streams()) == before
+    assert load(Conversation, world.conv_open).safety_flags[1].acknowledged_by == "user:7"
+
+
+def test_a_parent_can_still_acknowledge_after_withdrawing_consent(world):
+    _flag_twice(world)
+    withdraw_consent(actor=world.parent_user, parent_id=world.parent, child_id=world.child)
+
+    acknowledge_safety_flag(actor=world.parent_user, conversation_id=world.conv_open, flag_number=1)
+
+    assert load(Conversation, world.conv_open).safety_flags[0].acknowledged_by == "user:7"
+
+
+def test_a_refused_acknowledgement_stores_nothing_and_says_why(world):
+    _flag_twice(world)
+    me = world.parent_user
+    other_conversation = f"oconv-{world.other_child}"
+    start_conversation(actor=SYSTEM, conversation_id=other_conversation, child_id=world.other_child)
+    raise_safety_flag(actor=BEAR, conversation_id=other_conversation, category="bullying", severity="medium")
+    streams = [*world.streams(), f"conversation.{other_conversation}"]
+    before = everything(streams)
+
+    with pytest.raises(InvalidValue, match=rf"safety flag 3 is not a flag of conversation {world.conv_open} "
+                                           r"\(its flags are numbered 1..2\)"):
+        acknowledge_safety_flag(actor=me, conversation_id=world.conv_open, flag_number=3)
+    with pytest.raises(InvalidValue, match=r"\(it has no safety flags\)"):
+        acknowledge_safety_flag(actor=me, conversation_id=world.conv_ended, flag_number=1)
+    # another family's conversation reads exactly as one that does not exist
+    with pytest.raises(NotFound) as hidden:
+        acknowledge_safety_flag(actor=me, conversation_id=other_conversation, flag_number=1)
+    with pytest.raises(NotFound) as absent:
+        acknowledge_safety_flag(actor=me, conversation_id=world.new_conversation, flag_number=1)
+    assert str(hidden.value).replace(other_conversation, "<id>") == str(absent.value).replace(
+        world.new_conversation, "<id>")
+    with pytest.raises(PermissionDenied):  # a user acting neither as a parent nor as staff
+        acknowledge_safety_flag(actor=Actor.user(9), conversation_id=world.conv_open, flag_number=1)
+    assert everything(streams) == before
+
+
+@pytest.mark.parametrize("actor", [Actor.system("support-tool"), Actor.staff(1)], ids=["system", "staff"])
+def test_system_jobs_and_staff_acknowledge_on_any_family(world, actor):
+    conversation_id = f"oconv-{world.other_child}"
+    start_conversation(actor=SYSTEM, conversation_id=conversation_id, child_id=world.other_child)
+    raise_safety_flag(actor=BEAR, conversation_id=conversation_id, category="bullying", severity="medium")
+
+    acknowledge_safety_flag(actor=actor, conversation_id=conversation_id, flag_number=1)
+
+    stored = events_of(f"conversation.{conversation_id}")[-1]
+    assert (stored.event_type, stored.metadata.actor) == ("SafetyFlagAcknowledged", actor.id)
+    assert load(Conversation, conversation_id).safety_flags[0].acknowledged_by == actor.id
