@@ -7,9 +7,12 @@ stream's `published_version` are still to be published) and what the admin brows
 Event rows never change once written, except for the Kafka position columns that record
 where the event was published. A database trigger enforces this (see migrations), and the
 ORM refuses too.
+
+Beside it, `ParentAccount`: which Django user logs in as which parent.
 """
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from .eventstore.errors import ImmutableEventError
@@ -256,3 +259,21 @@ class SubjectKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} ({'erased' if self.destroyed_at else 'active'})"
+
+
+class ParentAccount(models.Model):
+    """A parent's login: the Django user (and so its API token) that acts as parent `parent_id`.
+
+    Only the link: who the parent is (email, name, phone) stays in the parent's stream,
+    encrypted. Made by `application.accounts.create_parent_account`.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="parent_account")
+    parent_id = models.CharField(max_length=200, unique=True, help_text="The parent's stream is parent.<parent_id>.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "accounts_parent_account"
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} = parent {self.parent_id}"

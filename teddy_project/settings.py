@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",  # parents' API tokens (application/accounts.py makes them)
     "eventsourcing_app",
 ]
 

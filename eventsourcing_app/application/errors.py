@@ -48,5 +48,15 @@ class Unavailable(ApplicationError):
     http_status = 503
 
 
+class InvalidPassword(ApplicationError):
+    """A new account's password does not pass the configured password validators."""
+
+
+class AccountExists(ApplicationError):
+    """The email already logs in to an account, or the parent already has one."""
+
+    http_status = 409
+
+
 class InvalidActor(ApplicationError):
     """The actor is not "user:<id>" or "system:<name>"."""
