@@ -1,11 +1,27 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from eventsourcing_app.application import ApplicationError
 from eventsourcing_app.application.demo import load_demo_family
+from eventsourcing_app.domain import DomainError
+from eventsourcing_app.eventstore import EventStoreError
 
 
 class Command(BaseCommand):
-    help = "Loads a small demo family (a parent, two children, a conversation) through the commands (idempotent)."
+    help = ("Loads the demo families (parents with logins, children, conversations, safety flags) through the "
+            "commands (idempotent); prints the demo parents' logins and one API token.")
 
     def handle(self, *args, **options):
-        created = load_demo_family()
-        self.stdout.write(f"demo data: {created} streams created" if created else "demo data: already loaded")
+        try:
+            report = load_demo_family()
+        except (ApplicationError, DomainError, EventStoreError) as exc:
+            raise CommandError(f"the demo data could not be loaded: {exc}") from None
+        if report.created:
+            self.stdout.write(f"demo data: {report.streams_created} streams and {report.accounts_created} parent "
+                              "logins created")
+        else:
+            self.stdout.write("demo data: already loaded")
+        for login in report.logins:
+            self.stdout.write(f"  demo parent {login.parent_id}: {login.email} / {login.password}")
+        with_token = next((login for login in report.logins if login.token), None)
+        if with_token is not None:
+            self.stdout.write(f"  API token of {with_token.email}: {with_token.token}")
