@@ -11,7 +11,8 @@ down again cleanly:
 3. Long-running children: Celery worker, Celery beat (it schedules the outbox relay) and
    the Django web server. Each writes to var/logs/<name>.log; warnings and errors are
    echoed to the console.
-4. A banner with the URLs and the admin login, then a watch over the children.
+4. A banner with the URLs, the admin login and a demo parent's login and API token, then a
+   watch over the children.
 
 Ctrl-C or SIGTERM stops everything in reverse order and exits 0. A child that dies on its
 own stops the whole stack and exits 1, after printing the end of its log. `--check` does
@@ -24,6 +25,7 @@ import argparse
 import base64
 import contextlib
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -64,6 +66,14 @@ user.is_staff = user.is_superuser = user.is_active = True
 user.set_password(os.environ["TEDDY_RUN_ADMIN_PASSWORD"])
 user.save()
 print("created" if created else "updated")
+"""
+
+# One demo parent's login and API token, as one JSON line (none: "null").
+DEMO_LOGIN_SCRIPT = """
+import dataclasses, json
+from eventsourcing_app.application.demo import demo_logins
+logins = [login for login in demo_logins() if login.token]
+print(json.dumps(dataclasses.asdict(logins[0]) if logins else None))
 """
 
 
@@ -385,7 +395,17 @@ def check_settings(stack: Stack) -> set[str]:
     return set(run_step(stack, "listing commands", manage("help", "--commands")).split())
 
 
-def set_up(stack: Stack, commands: set[str], kafka_is_embedded: bool) -> tuple[str, str, str]:
+def demo_login(stack: Stack) -> dict | None:
+    """A demo parent's {"email", "password", "token", "parent_id"}, or None without one."""
+    output = run_step(stack, "demo login", manage("shell", "--command", DEMO_LOGIN_SCRIPT))
+    try:
+        return json.loads(output.splitlines()[-1]) if output else None
+    except ValueError:
+        raise StartupError(f"demo login: unexpected output {output.splitlines()[-1]!r}; see "
+                           f"{shown(LOGS / 'setup.log')}") from None
+
+
+def set_up(stack: Stack, commands: set[str], kafka_is_embedded: bool) -> tuple[tuple[str, str, str], dict | None]:
     say("migrating the database ...")
     run_step(stack, "migrate", manage("migrate", "--noinput"))
     say("provisioning Kafka topics ...")
@@ -404,12 +424,14 @@ def set_up(stack: Stack, commands: set[str], kafka_is_embedded: bool) -> tuple[s
                                   "TEDDY_RUN_ADMIN_PASSWORD": password})
     say(f"admin user '{username}' {outcome.splitlines()[-1] if outcome else 'ready'}")
 
+    login = None
     if "load_demo_data" in commands:
         say("loading demo data ...")
         run_step(stack, "load_demo_data", manage("load_demo_data"), show_output=True)
+        login = demo_login(stack)
     else:
         say("no load_demo_data command here: no demo data loaded")
-    return username, password, source
+    return (username, password, source), login
 
 
 # --- Long-running children ----------------------------------------------------------------
@@ -478,7 +500,7 @@ def wait_for_web(stack: Stack, base: str, port: int) -> tuple[int | None, str]:
     return get(base + "/health/")
 
 
-def print_banner(base: str, credentials: tuple[str, str, str],
+def print_banner(base: str, credentials: tuple[str, str, str], login: dict | None,
                  health: tuple[int | None, str], kafka_is_embedded: bool) -> None:
     username, password, source = credentials
     ready = get(base + "/health/ready/")
@@ -491,7 +513,12 @@ def print_banner(base: str, credentials: tuple[str, str, str],
           f"  Health       {base}/health/        (now: {health[0] or health[1]})\n"
           f"  Readiness    {base}/health/ready/  (now: {ready[0] or ready[1]})\n"
           f"  Admin login  {username} / {password}   ({source})\n"
-          f"  Logs         {logs}\n"
+          f"  API          {base}/api/v1/children/\n"
+          f"  API docs     {base}/api/docs/\n"
+          + (f"  Parent login {login['email']} / {login['password']}   (demo parent {login['parent_id']})\n"
+             f"  API token    {login['token']}   (send it as: Authorization: Token <token>)\n"
+             if login else "")
+          + f"  Logs         {logs}\n"
           f"\n  Ctrl-C to stop\n{rule}\n", flush=True)
 
 
@@ -588,13 +615,13 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
     say("checking settings ...")
     commands = check_settings(stack)
     start_infrastructure(stack)
-    credentials = set_up(stack, commands, kafka_is_embedded)
+    credentials, login = set_up(stack, commands, kafka_is_embedded)
     start_children(stack, port, with_worker=not args.no_worker)
     health = wait_for_web(stack, base, port)
 
     if args.check:
         return 0 if check_ready(stack, base) else 1
-    print_banner(base, credentials, health, kafka_is_embedded)
+    print_banner(base, credentials, login, health, kafka_is_embedded)
     return watch(stack)
 
 
