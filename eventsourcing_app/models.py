@@ -277,3 +277,10 @@ class ParentAccount(models.Model):
 
     def __str__(self) -> str:
         return f"user {self.user_id} = parent {self.parent_id}"
+
+
+# The read side's tables live with their projectors; Django finds them through this module.
+from .readside.models import (  # noqa: E402,F401
+    ChildProfile, ConversationView, DeadLetter, FamilyChild, ProjectorCheckpoint, ProjectorState, SafetyAlert,
+    StreamProgress, TalkTime, TimelineEntry,
+)

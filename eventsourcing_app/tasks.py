@@ -5,7 +5,7 @@ import logging
 import os
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 from django.conf import settings
 
 from .eventstore import get_event_store
@@ -49,3 +49,18 @@ def check_at_start(**kwargs) -> None:
         check_topics(KafkaSettings.from_django())
     except Exception as exc:  # noqa: BLE001 - the worker still runs; events wait in the outbox
         logger.error("Kafka topics are not ready at worker start: %s", exc)
+
+
+@worker_process_init.connect
+def start_projections(**kwargs) -> None:
+    """Each pool process runs the projection threads (one of all processes feeds each projector)."""
+    from .readside.worker import start_projection_threads
+
+    start_projection_threads()
+
+
+@worker_process_shutdown.connect
+def stop_projections(**kwargs) -> None:
+    from .readside.worker import stop_projection_threads
+
+    stop_projection_threads()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import re
 from typing import Callable, TypeVar
@@ -51,11 +52,15 @@ def env_int(name: str, default: int, minimum: int | None = None, maximum: int | 
     return _read(name, str(default), parse, "a whole number")
 
 
-def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+def env_float(name: str, default: float, minimum: float = 0.0, maximum: float | None = None) -> float:
     def parse(value: str) -> float:
         number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("not a finite number")
         if number < minimum:
             raise ValueError(f"below the minimum {minimum}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"above the maximum {maximum}")
         return number
 
     return _read(name, str(default), parse, "a number")

@@ -28,6 +28,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",  # parents' API tokens (application/accounts.py makes them)
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # the API docs page's assets, served locally
     "eventsourcing_app",
 ]
 
@@ -137,6 +139,18 @@ EVENTSTORE = {
 # the first wraps new data keys. Required: without it no personal data can be read or written.
 TEDDY_MASTER_KEYS = env_master_keys("TEDDY_MASTER_KEYS")
 
+# --- The read side: projectors in the Celery workers, and the parents' API.
+PROJECTIONS = {
+    # Each worker process runs one thread per projector (one of all holds each projector's lock).
+    "RUN_IN_WORKER": env_bool("PROJECTIONS_RUN_IN_WORKER", True),
+    "BATCH_SIZE": env_int("PROJECTIONS_BATCH_SIZE", 5000, minimum=1, maximum=100_000),
+    # How long a read with ?min_version= waits for the read model before answering stale.
+    "READ_YOUR_WRITES_WAIT_SECONDS": env_float("PROJECTIONS_READ_YOUR_WRITES_WAIT_SECONDS", 2.0, maximum=30.0),
+    # After a rebuild switches over, the old generation's rows are kept this long for reads
+    # that started before the switch, then deleted.
+    "SWITCH_GRACE_SECONDS": env_float("PROJECTIONS_SWITCH_GRACE_SECONDS", 3.0, maximum=600.0),
+}
+
 CELERY_BEAT_SCHEDULE = {
     "relay-outbox": {
         "task": "eventsourcing_app.tasks.relay_outbox",
@@ -146,11 +160,52 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 REST_FRAMEWORK = {
+    # Token first: an anonymous request is answered 401 with `WWW-Authenticate: Token`.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "eventsourcing_app.api.errors.TeddyAutoSchema",
+    "EXCEPTION_HANDLER": "eventsourcing_app.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.ScopedRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_str("API_THROTTLE_ANON", "60/min", r"\d+/(s|sec|m|min|h|hour|d|day)"),
+        "user": env_str("API_THROTTLE_USER", "1200/min", r"\d+/(s|sec|m|min|h|hour|d|day)"),
+        "auth": env_str("API_THROTTLE_AUTH", "20/min", r"\d+/(s|sec|m|min|h|hour|d|day)"),
+    },
+}
+
+# Throttle counts shared by every web worker (Redis), not kept per process.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "teddy-cache",
+    }
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Teddy parents' API",
+    "DESCRIPTION": (
+        "Your children, their profiles, conversations, safety alerts and timeline, and the changes you make. "
+        "Authenticate with `Authorization: Token <key>` (POST /api/v1/auth/token/). Every error has the body "
+        "`{\"error\": {\"status\", \"code\", \"message\", \"fields\"}}`. Reads come from read models that "
+        "follow the events within moments; pass ?min_version= (or X-Min-Version) to read your own write."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO", r"DEBUG|INFO|WARNING|ERROR|CRITICAL")

@@ -52,3 +52,29 @@ def change_safety_settings(*, actor: Actor, child_id: str, content_filter_level:
 
 def deactivate_child(*, actor: Actor, child_id: str, reason: str | None = None) -> CommandResult:
     return change_one(actor, _own_child(child_id), lambda child: child.deactivate(reason))
+
+
+def register_child_with_consent(*, actor: Actor, parent_id: str, child_id: str, name: str, age: int,
+                                consent_method: str | None = None, device_id: str | None = None,
+                                udid: str | None = None) -> CommandResult:
+    """What a parent does in the app: records consent (unless one is in force already) and
+    registers the child, in one unit of work, so neither is stored without the other."""
+    def decide(uow):
+        uow.require_own_parent(parent_id)
+        parent = uow.load_or_none(Parent, parent_id)
+        if parent is None:
+            raise NotFound(f"parent {parent_id} does not exist")
+        if uow.load_or_none(Child, child_id) is not None:
+            raise AlreadyRegistered(f"child {child_id} is registered already; choose another child_id")
+        if not parent.has_consent(child_id):
+            if consent_method is None:
+                raise ConsentRequired(f"no consent is in force for child {child_id}: give consent_method "
+                                      "to record your verifiable consent with the registration")
+            parent.grant_consent(child_id, consent_method)
+            uow.save(parent)
+        child = Child(id=ChildId(child_id), parent_id=parent_id, device_id=device_id, name=name, age=age, udid=udid)
+        child.register_child()
+        uow.save(child)
+        return child.stream_id
+
+    return run_command(actor, decide)

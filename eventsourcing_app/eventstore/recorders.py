@@ -730,6 +730,33 @@ class DjangoRecorder:
         for row in query.values_list("stream_id", *LOAD_COLUMNS).iterator(chunk_size=chunk):
             yield row_to_stored_event(row[0], row[1:])
 
+    def iter_events_of_types(self, stream_types: Sequence[str], chunk: int = 5000) -> Iterator[list[StoredEvent]]:
+        """Every event of these stream types, in chunks, each stream in version order (a
+        projection rebuilt from the mirror)."""
+        from ..models import Event
+
+        query = (Event.objects.using(self.alias).filter(stream__stream_type__in=list(stream_types))
+                 .order_by("stream_id", "version").values_list("stream_id", *LOAD_COLUMNS))
+        batch: list[StoredEvent] = []
+        for row in query.iterator(chunk_size=chunk):
+            batch.append(row_to_stored_event(row[0], row[1:]))
+            if len(batch) >= chunk:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def last_offsets(self, topics: Sequence[str]) -> dict[str, int]:
+        """The highest offset recorded per "topic:partition" of these topics. Every record at
+        or below it was committed to the mirror before it was published."""
+        from django.db.models import Max
+
+        from ..models import Event
+
+        rows = (Event.objects.using(self.alias).filter(kafka_topic__in=list(topics))
+                .values_list("kafka_topic", "kafka_partition").annotate(last=Max("kafka_offset")))
+        return {f"{topic}:{partition}": last for topic, partition, last in rows}
+
     def stream_heads(self, stream_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
         from ..models import Stream
 

@@ -1,0 +1,350 @@
+"""Applying events to one generation of one projector, exactly once in effect.
+
+A batch (events as read from Kafka, in partition order) is applied in one database transaction
+that also records, for the projector generation, the next Kafka offset of each partition and the
+last version applied of each stream. So a crash anywhere leaves either all of a batch or none of
+it, and a replayed event is skipped by its stream version. Kafka may hold an event twice (the
+publisher is at-least-once) or, after a producer timeout, a later version before an earlier one
+is republished: a version at or below the stream's applied one is skipped, and a version past
+the next one first gets the missing ones from the mirror (the event store), in order.
+
+An event the projector cannot apply becomes a dead letter; its stream waits behind it (later
+versions are not applied, so per-stream order holds), every other stream goes on.
+`retry_dead_letters` applies the held streams again from the mirror.
+
+The checkpoint row is locked first in every batch and compared with what this engine last
+wrote: if another process moved it (two runners, a retry, a rebuild switching over), the batch
+is refused with `Fenced` and the caller re-reads its positions instead of writing twice.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, ClassVar, Sequence
+
+from django.db import transaction
+
+from ..eventstore import get_event_store
+from ..eventstore.records import StoredEvent
+from ..eventstore.serialization import deserialize_event, parse_stream_id
+from .models import DeadLetter, ProjectorCheckpoint, StreamProgress
+from .personal import SubjectKeyRing
+
+logger = logging.getLogger(__name__)
+
+# Test-only fault injection: called inside the transaction after the read models are written
+# and before the checkpoint is (a crash there must leave no trace after restart).
+before_checkpoint: Callable[[], None] | None = None
+
+
+class Fenced(Exception):
+    """Another process moved this projector generation's checkpoint; re-read it and go on."""
+
+
+class Projector:
+    """A read model's projector: which stream types it follows, and how events change its rows.
+
+    Subclasses name handlers `on_<EventType>(event, meta)`; events of other types only advance
+    the stream's version. `prepare(events)` loads, in a few queries, the rows a batch touches;
+    `flush()` writes them back.
+    """
+
+    name: ClassVar[str]
+    stream_types: ClassVar[tuple[str, ...]]
+    description: ClassVar[str] = ""
+    models: ClassVar[tuple] = ()
+
+    def __init__(self, generation: int, keyring: SubjectKeyRing) -> None:
+        self.generation = generation
+        self.keyring = keyring
+
+    @classmethod
+    def handled_types(cls) -> frozenset[str]:
+        names = cls.__dict__.get("_handled")
+        if names is None:
+            names = frozenset(n[3:] for n in dir(cls) if n.startswith("on_"))
+            cls._handled = names
+        return names
+
+    def prepare(self, events: Sequence) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def flush(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def apply(self, event, meta) -> None:
+        getattr(self, f"on_{meta.event_type}")(event, meta)
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    skipped: int = 0
+    filled: int = 0  # versions taken from the mirror to close a gap
+    dead_letters: int = 0
+    rows_written: int = 0
+    last_recorded_at: datetime | None = None
+
+
+@dataclass
+class _Failure:
+    stored: StoredEvent
+    error: str
+
+
+@dataclass
+class _Position:
+    offsets: dict = field(default_factory=dict)
+    events_applied: int = 0
+
+
+class ProjectionEngine:
+    """One projector generation: `apply_batch(events, next_offsets)` in one transaction."""
+
+    def __init__(self, projector_cls: type[Projector], generation: int) -> None:
+        self.projector_cls = projector_cls
+        self.name = projector_cls.name
+        self.generation = generation
+        self.stream_types = frozenset(projector_cls.stream_types)
+        self.handled = projector_cls.handled_types()
+        self.position = self._read_position(create=True)
+
+    # --- the checkpoint ---------------------------------------------------------------
+
+    def _read_position(self, create: bool = False, lock: bool = False) -> _Position | None:
+        query = ProjectorCheckpoint.objects.filter(projector=self.name, generation=self.generation)
+        if lock:
+            query = query.select_for_update()
+        row = query.values("offsets", "events_applied").first()
+        if row is None and create:
+            ProjectorCheckpoint.objects.get_or_create(projector=self.name, generation=self.generation,
+                                                      defaults={"updated_at": datetime.now(timezone.utc)})
+            return _Position()
+        return None if row is None else _Position(dict(row["offsets"]), row["events_applied"])
+
+    def resync(self) -> _Position:
+        """Re-reads the positions after `Fenced` (or at start)."""
+        position = self._read_position()
+        if position is None:
+            raise Fenced(f"projector {self.name} generation {self.generation} no longer exists (a rebuild replaced it)")
+        self.position = position
+        return position
+
+    def _fence(self) -> _Position:
+        current = self._read_position(lock=True)
+        if current is None:
+            raise Fenced(f"projector {self.name} generation {self.generation} no longer exists (a rebuild replaced it)")
+        if (current.offsets, current.events_applied) != (self.position.offsets, self.position.events_applied):
+            raise Fenced(f"projector {self.name} generation {self.generation} was moved by another process")
+        return current
+
+    def heartbeat(self, caught_up: bool = False) -> None:
+        """Notes that a runner is alive on this generation (health reads it), outside batches."""
+        now = datetime.now(timezone.utc)
+        changes = {"updated_at": now}
+        if caught_up:
+            changes["caught_up_at"] = now
+        ProjectorCheckpoint.objects.filter(projector=self.name, generation=self.generation).update(**changes)
+
+    # --- a batch ------------------------------------------------------------------------
+
+    def apply_batch(self, events: Sequence[StoredEvent], next_offsets: dict[str, int] | None = None) -> BatchResult:
+        """Applies `events` (in the order read) and records `next_offsets` ("topic:partition" ->
+        next offset to read), all in one transaction. Raises Fenced if another process moved
+        the checkpoint since this engine last wrote it."""
+        events = [e for e in events if parse_stream_id(e.metadata.stream_id)[0] in self.stream_types]
+        with transaction.atomic():
+            position = self._fence()
+            result = self._apply(events, held_retry=False)
+            offsets = {**position.offsets, **(next_offsets or {})}
+            if before_checkpoint is not None:
+                before_checkpoint()
+            self._write_checkpoint(offsets, position.events_applied + result.applied, result.last_recorded_at)
+        self.position = _Position(offsets, position.events_applied + result.applied)
+        return result
+
+    def _write_checkpoint(self, offsets: dict, events_applied: int, last_recorded_at: datetime | None) -> None:
+        changes = {"offsets": offsets, "events_applied": events_applied, "updated_at": datetime.now(timezone.utc)}
+        if last_recorded_at is not None:
+            changes["last_event_recorded_at"] = last_recorded_at
+        ProjectorCheckpoint.objects.filter(projector=self.name, generation=self.generation).update(**changes)
+
+    def _progress(self, stream_ids) -> dict[str, tuple[int, int | None]]:
+        rows = StreamProgress.objects.filter(projector=self.name, generation=self.generation,
+                                             stream_id__in=list(stream_ids))
+        return {sid: (version, held) for sid, version, held in rows.values_list("stream_id", "version",
+                                                                                "held_at_version")}
+
+    def _plan(self, events: Sequence[StoredEvent], progress: dict) -> tuple[list[StoredEvent], int, int]:
+        """The events to apply, in order: duplicates dropped, gaps filled from the mirror."""
+        applied = {sid: version for sid, (version, _) in progress.items()}
+        plan, skipped, filled = [], 0, 0
+        store = None
+        for stored in events:
+            sid, version = stored.metadata.stream_id, stored.metadata.version
+            last = applied.get(sid, 0)
+            if version <= last:
+                skipped += 1
+                continue
+            if version > last + 1:
+                store = store or get_event_store()
+                missing = store.load_events_sync(sid, last + 1, version - 1)
+                if len(missing) != version - 1 - last:
+                    logger.error("projector %s: stream %s versions %d..%d are not in the mirror; applying version %d "
+                                 "after the %d found", self.name, sid, last + 1, version - 1, version, len(missing))
+                plan.extend(missing)
+                filled += len(missing)
+            plan.append(stored)
+            applied[sid] = version
+        return plan, skipped, filled
+
+    def _decode(self, plan: list[StoredEvent], keyring: SubjectKeyRing) -> tuple[list, list[_Failure]]:
+        decoded, failures = [], []
+        for stored in plan:
+            meta = stored.metadata
+            if meta.event_type not in self.handled:
+                decoded.append((stored, None))
+                continue
+            try:
+                if meta.data_subject is not None and stored.subject_key is None:
+                    stored.subject_key = keyring.material(meta.data_subject)
+                decoded.append((stored, deserialize_event(stored)))
+            except Exception as exc:  # noqa: BLE001 - any undecodable event is a dead letter
+                failures.append(_Failure(stored, f"{type(exc).__name__}: {exc}"))
+                decoded.append((stored, _UNDECODABLE))
+        return decoded, failures
+
+    def _apply(self, events: Sequence[StoredEvent], *, held_retry: bool,
+               release: set[str] = frozenset()) -> BatchResult:
+        result = BatchResult()
+        if not events:
+            return result
+        progress = self._progress({e.metadata.stream_id for e in events})
+        if held_retry:
+            plan = list(events)
+        else:
+            plan, result.skipped, result.filled = self._plan(events, progress)
+        keyring = SubjectKeyRing(e.metadata.data_subject for e in plan if e.metadata.data_subject)
+        decoded, failures = self._decode(plan, keyring)
+        held = {sid: at for sid, (_, at) in progress.items() if at is not None and sid not in release}
+        failed: dict[str, _Failure] = {}
+        for failure in failures:
+            failed.setdefault(failure.stored.metadata.stream_id, failure)
+        while True:  # again without a stream whose event failed (rare): rows are reloaded
+            projector = self.projector_cls(self.generation, keyring)
+            live = [(s, e) for s, e in decoded if s.metadata.stream_id not in held and not self._blocked(s, failed)]
+            projector.prepare([e for _, e in live if e is not None and e is not _UNDECODABLE])
+            versions: dict[str, int] = {}
+            try:
+                for stored, event in live:
+                    meta = stored.metadata
+                    if event is not None:
+                        try:
+                            projector.apply(event, meta)
+                        except Exception as exc:  # noqa: BLE001 - the event becomes a dead letter
+                            raise _Failed(_Failure(stored, f"{type(exc).__name__}: {exc}")) from exc
+                    versions[meta.stream_id] = meta.version
+                    result.applied += 1
+                    recorded = getattr(meta, "recorded_at", None) or meta.timestamp
+                    if result.last_recorded_at is None or recorded > result.last_recorded_at:
+                        result.last_recorded_at = recorded
+            except _Failed as failed_event:
+                failure = failed_event.failure
+                failed[failure.stored.metadata.stream_id] = failure
+                result.applied = 0
+                result.last_recorded_at = None
+                continue
+            break
+        result.rows_written = projector.flush()
+        self._write_progress(versions, failed, release)
+        result.dead_letters = len(failed)
+        result.skipped += sum(1 for s, _ in decoded if s.metadata.stream_id in held)
+        return result
+
+    @staticmethod
+    def _blocked(stored: StoredEvent, failed: dict[str, _Failure]) -> bool:
+        failure = failed.get(stored.metadata.stream_id)
+        return failure is not None and stored.metadata.version >= failure.stored.metadata.version
+
+    def _write_progress(self, versions: dict[str, int], failed: dict[str, _Failure], release: set[str]) -> None:
+        now = datetime.now(timezone.utc)
+        rows = {sid: StreamProgress(projector=self.name, generation=self.generation, stream_id=sid, version=v,
+                                    held_at_version=None)
+                for sid, v in versions.items()}
+        for sid, failure in failed.items():
+            version = failure.stored.metadata.version
+            row = rows.get(sid)
+            if row is None:
+                # Nothing of this stream applied in this batch: keep the version it had.
+                known = self._progress([sid]).get(sid)
+                row = rows[sid] = StreamProgress(projector=self.name, generation=self.generation, stream_id=sid,
+                                                 version=known[0] if known else version - 1)
+            row.held_at_version = version
+            meta = failure.stored.metadata
+            logger.error("projector %s: %s version %d (%s) could not be applied; the stream waits behind it: %s",
+                         self.name, sid, version, meta.event_type, failure.error)
+            letter, created = DeadLetter.objects.get_or_create(
+                projector=self.name, generation=self.generation, stream_id=sid, version=version,
+                defaults={"event_id": meta.event_id, "event_type": meta.event_type, "error": failure.error[:4000],
+                          "first_failed_at": now, "last_failed_at": now})
+            if not created:
+                DeadLetter.objects.filter(pk=letter.pk).update(
+                    error=failure.error[:4000], attempts=letter.attempts + 1, last_failed_at=now, resolved_at=None)
+        if rows:
+            StreamProgress.objects.bulk_create(
+                list(rows.values()), update_conflicts=True, unique_fields=["projector", "generation", "stream_id"],
+                update_fields=["version", "held_at_version"])
+        if release:
+            resolved = set(release) - set(failed)
+            if resolved:
+                DeadLetter.objects.filter(projector=self.name, generation=self.generation, stream_id__in=resolved,
+                                          resolved_at__isnull=True).update(resolved_at=now)
+
+    # --- dead letters -------------------------------------------------------------------
+
+    def retry_dead_letters(self) -> tuple[int, int]:
+        """Applies each held stream again from the mirror, from the version it stopped at.
+        Returns (streams released, streams still held)."""
+        store = get_event_store()
+        released = still = 0
+        held = list(StreamProgress.objects.filter(projector=self.name, generation=self.generation,
+                                                  held_at_version__isnull=False)
+                    .values_list("stream_id", "held_at_version"))
+        for sid, at in held:
+            with transaction.atomic():
+                position = self._read_position(lock=True)
+                if position is None:
+                    raise Fenced(f"projector {self.name} generation {self.generation} no longer exists")
+                events = store.load_events_sync(sid, at)
+                result = self._apply(events, held_retry=True, release={sid})
+                self._write_checkpoint(position.offsets, position.events_applied + result.applied, None)
+            self.position = _Position(position.offsets, position.events_applied + result.applied)
+            if result.dead_letters:
+                still += 1
+            else:
+                released += 1
+        return released, still
+
+
+class _Failed(Exception):
+    def __init__(self, failure: _Failure) -> None:
+        self.failure = failure
+
+
+_UNDECODABLE = object()
+
+
+def wait_for_version(projector: str, generation: int, stream_id: str, version: int, timeout: float) -> int:
+    """Waits (bounded) until the projector generation has applied `version` of the stream;
+    returns the version it has applied (lower than asked if the wait ran out)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        applied = (StreamProgress.objects.filter(projector=projector, generation=generation, stream_id=stream_id)
+                   .values_list("version", flat=True).first()) or 0
+        if applied >= version or time.monotonic() >= deadline:
+            return applied
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 1.5, 0.05)

@@ -1,0 +1,224 @@
+"""What operators do with projections: status (position, lag), blue/green rebuilds and retries of
+dead letters (`manage.py projections ...` calls these)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Max
+
+from ..eventstore import get_event_store
+from ..kafka.config import KafkaSettings
+from .engine import ProjectionEngine
+from .models import DeadLetter, ProjectorCheckpoint, ProjectorState, StreamProgress
+from .projectors import PROJECTORS, projector_named
+from .runner import CatchUp, ProjectionRunner
+
+logger = logging.getLogger(__name__)
+
+REBUILD_SOURCES = ("auto", "kafka", "mirror")
+
+
+# --- status ------------------------------------------------------------------------------
+
+@dataclass
+class ProjectorStatus:
+    name: str
+    description: str
+    active_generation: int
+    building_generation: int | None
+    events_applied: int
+    lag_events: int
+    lag_seconds: float | None  # age of the oldest event not applied yet
+    dead_letters: int
+    held_streams: int
+    last_seen: datetime | None  # a runner's last batch or heartbeat
+    caught_up_at: datetime | None
+
+    def as_dict(self) -> dict:
+        out = dict(self.__dict__)
+        for key in ("last_seen", "caught_up_at"):
+            out[key] = out[key].isoformat() if out[key] else None
+        return out
+
+
+def _lag(name: str, generation: int, stream_types) -> tuple[int, float | None]:
+    """Events of the mirror not applied yet by the generation, and the age of the oldest one.
+    Counted from the mirror, per stream (not from Kafka watermarks, which a broker may misreport)."""
+    marks = ", ".join(["%s"] * len(stream_types))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COALESCE(SUM(s.version - COALESCE(p.version, 0)), 0), MIN(e.recorded_at) "
+            "FROM eventstore_stream s "
+            "LEFT JOIN readside_stream_progress p ON p.stream_id = s.stream_id AND p.projector = %s "
+            "AND p.generation = %s "
+            "LEFT JOIN eventstore_event e ON e.stream_id = s.stream_id AND e.version = COALESCE(p.version, 0) + 1 "
+            f"WHERE s.stream_type IN ({marks}) AND s.version > COALESCE(p.version, 0)",
+            [name, generation, *stream_types])
+        events, oldest = cursor.fetchone()
+    if isinstance(oldest, str):  # SQLite
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    age = None if oldest is None else max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds())
+    return int(events or 0), age
+
+
+def projection_status() -> list[ProjectorStatus]:
+    out = []
+    for name, cls in PROJECTORS.items():
+        state, _ = ProjectorState.objects.get_or_create(name=name)
+        checkpoint = ProjectorCheckpoint.objects.filter(projector=name, generation=state.active_generation).first()
+        lag_events, lag_seconds = _lag(name, state.active_generation, cls.stream_types)
+        out.append(ProjectorStatus(
+            name=name, description=cls.description, active_generation=state.active_generation,
+            building_generation=state.building_generation,
+            events_applied=checkpoint.events_applied if checkpoint else 0,
+            lag_events=lag_events, lag_seconds=lag_seconds,
+            dead_letters=DeadLetter.objects.filter(projector=name, generation=state.active_generation,
+                                                   resolved_at__isnull=True).count(),
+            held_streams=StreamProgress.objects.filter(projector=name, generation=state.active_generation,
+                                                       held_at_version__isnull=False).count(),
+            last_seen=checkpoint.updated_at if checkpoint else None,
+            caught_up_at=checkpoint.caught_up_at if checkpoint else None,
+        ))
+    return out
+
+
+# --- rebuild -----------------------------------------------------------------------------
+
+@dataclass
+class RebuildReport:
+    name: str
+    old_generation: int
+    new_generation: int
+    source: str
+    events: int
+    seconds: float
+    rows_deleted: int
+
+
+def _topics_expired(kafka_settings: KafkaSettings, topics: list[str]) -> bool:
+    """Whether a topic no longer starts at offset 0 (retention removed its first records)."""
+    consumer = Consumer(kafka_settings.consumer_config(group_id="teddy-projection-rebuild"))
+    try:
+        meta = consumer.list_topics(timeout=10)
+        for topic in topics:
+            for partition in meta.topics[topic].partitions:
+                low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                if low > 0:
+                    return True
+        return False
+    finally:
+        consumer.close()
+
+
+def _start_building(name: str, source: str) -> tuple[int, int]:
+    with transaction.atomic():
+        state, _ = ProjectorState.objects.select_for_update().get_or_create(name=name)
+        if state.building_generation is None:
+            highest = ProjectorCheckpoint.objects.filter(projector=name).aggregate(m=Max("generation"))["m"] or 0
+            state.building_generation = max(highest, state.active_generation) + 1
+            state.building_source = source
+            state.save(update_fields=["building_generation", "building_source"])
+        return state.active_generation, state.building_generation
+
+
+def _replay_mirror(cls, generation: int, kafka_settings: KafkaSettings, done: CatchUp,
+                   progress: Callable[[CatchUp], None] | None) -> None:
+    """Applies every event of the mirror, then sets the Kafka positions after the last recorded
+    offsets, so that the consumer goes on from there (anything republished later is skipped by
+    its stream version)."""
+    store = get_event_store()
+    topics = [kafka_settings.event_topic(t) for t in cls.stream_types]
+    last = store.recorder.last_offsets(topics)  # before the scan: every record up to it is in the mirror
+    engine = ProjectionEngine(cls, generation)
+    for chunk in store.recorder.iter_events_of_types(list(cls.stream_types), settings.PROJECTIONS["BATCH_SIZE"]):
+        result = engine.apply_batch(chunk)
+        done.events += result.applied + result.skipped
+        done.batches += 1
+        if progress is not None:
+            progress(done)
+    engine.apply_batch([], {where: offset + 1 for where, offset in last.items()})
+
+
+def rebuild(name: str, *, source: str = "auto", kafka_settings: KafkaSettings | None = None,
+            progress: Callable[[CatchUp], None] | None = None, keep_old: bool = False) -> RebuildReport:
+    """Fills a new generation of the projector beside the one the API reads, switches the API
+    to it once it has caught up, then deletes the old one (blue/green: no downtime).
+
+    source: "kafka" replays the topics from offset zero; "mirror" replays the event store and
+    goes on from Kafka after it (for topics that expired or were refilled); "auto" takes the
+    mirror when a topic no longer starts at offset zero. An interrupted rebuild resumes."""
+    cls = projector_named(name)
+    if source not in REBUILD_SOURCES:
+        raise ValueError(f"source must be one of {', '.join(REBUILD_SOURCES)}, not {source!r}")
+    kafka_settings = kafka_settings or KafkaSettings.from_django()
+    topics = [kafka_settings.event_topic(t) for t in cls.stream_types]
+    if source == "auto":
+        source = "mirror" if _topics_expired(kafka_settings, topics) else "kafka"
+    started = time.monotonic()
+    old, new = _start_building(name, source)
+    done = CatchUp()
+    checkpoint = ProjectorCheckpoint.objects.filter(projector=name, generation=new).first()
+    if source == "mirror" and (checkpoint is None or not checkpoint.offsets):
+        _replay_mirror(cls, new, kafka_settings, done, progress)
+    runner = ProjectionRunner(cls, kafka_settings, generation=new, batch_size=settings.PROJECTIONS["BATCH_SIZE"])
+    try:
+        kafka_part = runner.catch_up(progress=lambda c: progress(CatchUp(done.events + c.events,
+                                                                          done.batches + c.batches))
+                                     if progress else None)
+        done.events += kafka_part.events
+        # The switch: the API reads the new generation from now on; the worker's runner of the
+        # old one notices within seconds and moves over.
+        with transaction.atomic():
+            state = ProjectorState.objects.select_for_update().get(name=name)
+            runner.step(timeout=0.05)  # what arrived meanwhile
+            state.active_generation, state.building_generation, state.building_source = new, None, ""
+            state.switched_at = datetime.now(timezone.utc)
+            state.save()
+    finally:
+        runner.close()
+    deleted = 0
+    if not keep_old and old != new:
+        time.sleep(settings.PROJECTIONS["SWITCH_GRACE_SECONDS"])
+        deleted = drop_generation(name, old)
+    logger.info("projector %s rebuilt as generation %d from %s: %d events in %.1fs", name, new, source, done.events,
+                time.monotonic() - started)
+    return RebuildReport(name, old, new, source, done.events, time.monotonic() - started, deleted)
+
+
+def drop_generation(name: str, generation: int, chunk: int = 5000) -> int:
+    """Deletes a generation's rows, its checkpoint first (that fences a runner still on it)."""
+    cls = projector_named(name)
+    if ProjectorState.objects.filter(name=name, active_generation=generation).exists():
+        raise ValueError(f"generation {generation} of {name} is the one the API reads; it cannot be dropped")
+    ProjectorCheckpoint.objects.filter(projector=name, generation=generation).delete()
+    deleted = 0
+    for model in (*cls.models, StreamProgress, DeadLetter):
+        scope = {"generation": generation} if model in cls.models else {"projector": name, "generation": generation}
+        while True:
+            ids = list(model.objects.filter(**scope).values_list("id", flat=True)[:chunk])
+            if not ids:
+                break
+            deleted += model.objects.filter(id__in=ids).delete()[0]
+    return deleted
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+def retry_dead_letters(names: list[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Applies the streams held behind dead letters again; per projector (released, still held)."""
+    out = {}
+    for name in names or list(PROJECTORS):
+        cls = projector_named(name)
+        state, _ = ProjectorState.objects.get_or_create(name=name)
+        out[name] = ProjectionEngine(cls, state.active_generation).retry_dead_letters()
+    return out
