@@ -206,6 +206,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ConsentMethodEnum": "eventsourcing_app.domain.parent.CONSENT_METHODS",
+        "AlertStateEnum": "eventsourcing_app.api.serializers.ALERT_STATES",
+    },
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO", r"DEBUG|INFO|WARNING|ERROR|CRITICAL")
