@@ -93,16 +93,23 @@ class ParentView(APIView):
             stream, version = match["stream"], int(match["version"])
         if min_version is not None and own_stream is not None:
             stream, version = own_stream, min_version
-        return selectors.wait_for(self.projector, stream, version)
+        self.freshness = selectors.wait_for(self.projector, stream, version)
+        return self.freshness
 
-    @staticmethod
-    def respond(data, freshness=None, status_code=200) -> Response:
-        response = Response(data, status=status_code)
+    def finalize_response(self, request, response, *args, **kwargs):
+        """Every answer after a read-your-writes wait says how far the read model is, errors too
+        (a 404 for a child registered a moment ago is "not yet", not "never")."""
+        response = super().finalize_response(request, response, *args, **kwargs)
+        freshness = getattr(self, "freshness", None)
         if freshness is not None and freshness.wanted is not None:
             response["X-Read-Model-Version"] = str(freshness.applied or 0)
             if freshness.stale:
                 response["X-Read-Model-Stale"] = "true"
         return response
+
+    @staticmethod
+    def respond(data, freshness=None, status_code=200) -> Response:
+        return Response(data, status=status_code)
 
     @staticmethod
     def command_result(result, status_code=200) -> Response:
