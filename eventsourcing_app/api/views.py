@@ -126,6 +126,12 @@ class TokenView(APIView):
     authentication_classes: list = []
     throttle_scope = "auth"
 
+    def get_authenticate_header(self, request):
+        # A wrong password is 401, as documented. Without authenticators DRF has no challenge
+        # for the WWW-Authenticate a 401 must carry and turns it into 403; the challenge is the
+        # scheme the token is then used with.
+        return "Token"
+
     @extend_schema(request=s.TokenRequestSerializer, responses={200: s.TokenSerializer}, tags=["auth"],
                    summary="Get your API token", auth=[])
     def post(self, request):
