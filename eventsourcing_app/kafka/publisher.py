@@ -44,6 +44,12 @@ FIRST_CONNECT_WAIT_SECONDS = 2.0  # once per process; then the relay publishes w
 # at once when this many wait, or when somebody flushes. One UPDATE per batch, not per event.
 _RECORD_INTERVAL_SECONDS = 0.05
 _RECORD_BATCH = 5000
+# An append whose previous version another process appended (and has not been seen published
+# yet) waits here this long for it, checked every few milliseconds, instead of waiting for the
+# relay's grace period: several web workers writing one stream keep its order on Kafka and
+# still publish within milliseconds. Past the wait, the relay publishes it.
+DEFER_SECONDS = 1.5
+_DEFER_CHECK_SECONDS = 0.005
 # Refusals that no retry can cure: the event itself does not fit, or its topic is not there.
 PERMANENT_ERRORS = frozenset({
     KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
@@ -86,6 +92,11 @@ class EventPublisher:
         # then): another epoch later means a refill republishes the stream from its start.
         self._tails: dict[str, tuple[int, int]] = {}
         self._acks: queue.SimpleQueue[Publication] = queue.SimpleQueue()
+        # stream -> [(first version, events, epoch, give up at)], appends waiting for their
+        # predecessor (appended by another process) to be published.
+        self._deferred: dict[str, list[tuple[int, Sequence[StoredEvent], int, float]]] = {}
+        self._last_defer_check = 0.0
+        self.deferred_published = 0  # appends published after waiting for another process's
         self._outstanding = 0  # handed to the producer, not yet recorded or failed
         self._idle = threading.Condition()
         self._stopped = threading.Event()
@@ -130,8 +141,41 @@ class EventPublisher:
                 del self._tails[stream_id]
                 tail = None
             if (published_version or 0) != before and (tail is None or tail[0] != before):
+                if len(self._deferred) < 10_000:
+                    self._deferred.setdefault(stream_id, []).append(
+                        (first_version, events, epoch, time.monotonic() + DEFER_SECONDS))
                 return False
             return self._produce(events, {stream_id: epoch})
+
+    def _publish_deferred(self) -> None:
+        """Publishes waiting appends whose predecessor is published now (one query for all)."""
+        now = time.monotonic()
+        if not self._deferred or now - self._last_defer_check < _DEFER_CHECK_SECONDS:
+            return
+        self._last_defer_check = now
+        with self._lock:
+            waiting = {sid: sorted(items, key=lambda item: item[0]) for sid, items in self._deferred.items()}
+        close_old_connections()
+        state = self.recorder.publication_state(list(waiting))
+        with self._lock:
+            for sid, items in waiting.items():
+                published, current_epoch = state.get(sid, (0, 0))
+                done = set()
+                for item in items:
+                    first, events, epoch, give_up = item
+                    tail = self._tails.get(sid)
+                    if epoch != current_epoch or published >= events[-1].version or now > give_up:
+                        done.add(id(item))  # a refill, published already (the relay), or left to the relay
+                    elif published == first - 1 or tail == (first - 1, epoch):
+                        done.add(id(item))
+                        if self._produce(events, {sid: epoch}):
+                            self.deferred_published += 1
+                # Appends deferred meanwhile stay.
+                kept = [item for item in self._deferred.get(sid, []) if id(item) not in done]
+                if kept:
+                    self._deferred[sid] = kept
+                else:
+                    self._deferred.pop(sid, None)
 
     def publish_backlog(self, events: Sequence[StoredEvent], epochs: dict[str, int]) -> bool:
         """Publishes events in the given (per-stream version) order, each stream in the
@@ -361,6 +405,14 @@ class EventPublisher:
             producer.poll(0.01)
         else:
             time.sleep(0.01)
+        if self._deferred:
+            try:
+                self._publish_deferred()
+            except Exception as exc:  # noqa: BLE001 - those appends are left to the relay
+                logger.warning("could not check the appends waiting for another process's publication (%s); "
+                               "the relay publishes them", exc)
+                with self._lock:
+                    self._deferred.clear()
         waiting = self._acks.qsize()
         if waiting:
             now = time.monotonic()
@@ -403,6 +455,8 @@ class EventPublisher:
         deadline = time.monotonic() + timeout
         self._flushing += 1
         try:
+            while self._deferred and time.monotonic() < deadline:  # they go out, or to the relay, soon
+                time.sleep(_DEFER_CHECK_SECONDS)
             producer = self._producer
             if producer is not None:
                 producer.flush(timeout)

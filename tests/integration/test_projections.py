@@ -63,8 +63,8 @@ def make_family(store, messages: int = 3):
 
 
 def scratch_generation() -> int:
-    """A generation no runner feeds: the test drives the engine itself."""
-    return 100_000 + uuid.uuid4().int % 1_000_000_000
+    """A generation no runner feeds (negative: a rebuild numbers its new one above the highest)."""
+    return -(1 + uuid.uuid4().int % 1_000_000_000)
 
 
 def events_of(store, *stream_ids) -> list[StoredEvent]:
@@ -243,7 +243,7 @@ def test_a_rebuild_equals_the_incremental_read_models(store, celery_worker, sour
                     wait_until(lambda: StreamProgress.objects.filter(
                         projector=name, generation=generation, stream_id=sid,
                         version=store.get_stream_version_sync(sid)).exists(), timeout=30)
-    answered = []
+    answered, old_generations = [], {}
     for name in ("profiles", "conversations", "alerts", "timeline", "dashboard"):
         old = active_generation(name)
         models = PROJECTORS[name].models
@@ -257,9 +257,11 @@ def test_a_rebuild_equals_the_incremental_read_models(store, celery_worker, sour
         assert active_generation(name) == report.new_generation
         after = {m.__name__: comparable_rows(m, report.new_generation, ids) for m in models}
         assert after == before, name
-        drop_generation(name, old)
-        assert not any(m.objects.filter(generation=old).exists() for m in models)
+        old_generations[name] = old
     assert answered and set(answered) == {"Robin"}
+    for name, old in old_generations.items():
+        drop_generation(name, old)
+        assert not any(m.objects.filter(generation=old).exists() for m in PROJECTORS[name].models)
     # The worker's runners moved to the new generations: a new event reaches them.
     update_child_profile(actor=SYSTEM, child_id=child_id, changes={"age": 9})
     wait_until(lambda: child_profile(parent_id, child_id)["age"] == 9, timeout=30)
