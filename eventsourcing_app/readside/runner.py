@@ -148,7 +148,9 @@ class ProjectionRunner:
         return bool(self.partitions) and self.at_end >= set(self.partitions)
 
     def catch_up(self, progress: Callable[[CatchUp], None] | None = None, timeout: float = 3600.0) -> CatchUp:
-        """Applies everything up to the end of every partition."""
+        """Applies everything up to the end of every partition, as a new consumer finds them
+        (the end is known from partition EOF events, which come once per arrival at the end:
+        use a fresh runner for each catch-up)."""
         done = CatchUp()
         started = time.monotonic()
         if self.consumer is None:
