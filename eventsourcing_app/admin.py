@@ -6,7 +6,7 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
-from .models import Event, Snapshot, Stream, SubjectKey
+from .models import DeadLetter, Event, ProjectorState, Snapshot, Stream, SubjectKey
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -83,3 +83,20 @@ class SubjectKeyAdmin(ReadOnlyAdmin):
     list_filter = ("destroyed_at",)
     show_full_result_count = False
     exclude = ("wrapped_key",)
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    """Events a projector could not apply; their streams wait behind them until
+    `manage.py projections retry-dead-letters` applies them."""
+
+    list_display = ("projector", "stream_id", "version", "event_type", "attempts", "first_failed_at",
+                    "last_failed_at", "resolved_at")
+    list_filter = ("projector", "resolved_at")
+    search_fields = ("=stream_id", "=event_id")
+    show_full_result_count = False
+
+
+@admin.register(ProjectorState)
+class ProjectorStateAdmin(ReadOnlyAdmin):
+    list_display = ("name", "active_generation", "building_generation", "switched_at")

@@ -149,6 +149,8 @@ PROJECTIONS = {
     # After a rebuild switches over, the old generation's rows are kept this long for reads
     # that started before the switch, then deleted.
     "SWITCH_GRACE_SECONDS": env_float("PROJECTIONS_SWITCH_GRACE_SECONDS", 3.0, maximum=600.0),
+    # Readiness reports the projections down once an event has waited this long for them.
+    "LAG_ALERT_SECONDS": env_float("PROJECTIONS_LAG_ALERT_SECONDS", 30.0, minimum=1.0),
 }
 
 CELERY_BEAT_SCHEDULE = {

@@ -26,7 +26,9 @@ from ..readside import selectors
 from . import serializers as s
 
 MIN_VERSION_HEADER = "X-Min-Version"
-_MIN_VERSION = re.compile(r"^(?P<stream>[a-z][a-z0-9_]{0,39}\.[^\s@]{1,200})@(?P<version>[1-9][0-9]{0,17})$")
+# No control characters in the stream id (a NUL cannot even reach the database's text).
+_MIN_VERSION = re.compile(
+    r"^(?P<stream>[a-z][a-z0-9_]{0,39}\.[^\s@\x00-\x1f\x7f]{1,200})@(?P<version>[1-9][0-9]{0,17})$")
 
 MIN_VERSION_PARAMETER = OpenApiParameter(
     MIN_VERSION_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
@@ -59,6 +61,13 @@ class Page(CursorPagination):
 class ParentView(APIView):
     permission_classes = [IsParentAccount]
     projector: str | None = None  # whose progress read-your-writes waits on
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authenticated, a parent, not throttled: then the ids
+        # An id in the URL is compared in the database, whose text cannot hold a NUL: no
+        # resource has such an id, so it is not found (rather than the database's error, a 500).
+        if any("\x00" in value for value in kwargs.values() if isinstance(value, str)):
+            raise selectors.NotFound("not found: no resource has an id with a NUL character")
 
     @property
     def actor(self):

@@ -1,4 +1,5 @@
-"""Readiness: the database, Redis, the Kafka broker, and whether publishing drains.
+"""Readiness: the database, Redis, the Kafka broker, whether publishing drains, and whether
+the projectors keep up.
 
 "kafka_publishing" is down while an event has waited in the outbox longer than
 EVENTSTORE_PUBLISH_LAG_ALERT_SECONDS (the backlog and the oldest waiting event's age say how
@@ -59,8 +60,22 @@ def check_publishing() -> dict:
     return details
 
 
+def check_projections() -> dict:
+    """Down while a projector leaves an event unapplied longer than the alert limit (no worker
+    feeds it, or it is stuck), with the dead letters counted."""
+    from ..readside.operations import overdue_projectors
+
+    limit = settings.PROJECTIONS["LAG_ALERT_SECONDS"]
+    overdue, dead_letters = overdue_projectors(limit)
+    details = {"dead_letters": dead_letters}
+    if overdue:
+        raise Down(f"projectors {', '.join(overdue)} have not applied events recorded more than {limit:.0f}s ago: "
+                   "the parents' API reads stale data; check that a Celery worker runs and its log", details)
+    return details
+
+
 CHECKS = (("database", check_database), ("redis", check_redis), ("kafka", check_kafka),
-          ("kafka_publishing", check_publishing))
+          ("kafka_publishing", check_publishing), ("projections", check_projections))
 
 
 def readiness() -> dict:

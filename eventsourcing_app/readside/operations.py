@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from confluent_kafka import TopicPartition
@@ -34,6 +34,7 @@ class ProjectorStatus:
     description: str
     active_generation: int
     building_generation: int | None
+    position: int  # the sum of the next offsets of every partition it reads
     events_applied: int
     lag_events: int
     lag_seconds: float | None  # age of the oldest event not applied yet
@@ -80,6 +81,7 @@ def projection_status() -> list[ProjectorStatus]:
         out.append(ProjectorStatus(
             name=name, description=cls.description, active_generation=state.active_generation,
             building_generation=state.building_generation,
+            position=sum((checkpoint.offsets or {}).values()) if checkpoint else 0,
             events_applied=checkpoint.events_applied if checkpoint else 0,
             lag_events=lag_events, lag_seconds=lag_seconds,
             dead_letters=DeadLetter.objects.filter(projector=name, generation=state.active_generation,
@@ -90,6 +92,28 @@ def projection_status() -> list[ProjectorStatus]:
             caught_up_at=checkpoint.caught_up_at if checkpoint else None,
         ))
     return out
+
+
+def overdue_projectors(limit_seconds: float, generations: dict[str, int] | None = None) -> tuple[list[str], int]:
+    """Projectors with an event recorded more than `limit_seconds` ago not applied yet (their
+    active generation), and the number of unresolved dead letters. One query per projector
+    that stops at the first such stream."""
+    overdue = []
+    with connection.cursor() as cursor:
+        for name, cls in PROJECTORS.items():
+            marks = ", ".join(["%s"] * len(cls.stream_types))
+            state = (generations or {}).get(name) or ProjectorState.objects.filter(name=name).values_list(
+                "active_generation", flat=True).first() or 1
+            cursor.execute(
+                "SELECT 1 FROM eventstore_stream s LEFT JOIN readside_stream_progress p ON p.stream_id = s.stream_id "
+                "AND p.projector = %s AND p.generation = %s "
+                f"WHERE s.stream_type IN ({marks}) AND s.version > COALESCE(p.version, 0) AND s.updated_at < %s "
+                "AND p.held_at_version IS NULL LIMIT 1",
+                [name, state, *cls.stream_types,
+                 datetime.now(timezone.utc) - timedelta(seconds=limit_seconds)])
+            if cursor.fetchone():
+                overdue.append(name)
+    return overdue, DeadLetter.objects.filter(resolved_at__isnull=True).count()
 
 
 # --- rebuild -----------------------------------------------------------------------------
@@ -133,12 +157,18 @@ def _start_building(name: str, source: str) -> tuple[int, int]:
 
 def _replay_mirror(cls, generation: int, kafka_settings: KafkaSettings, done: CatchUp,
                    progress: Callable[[CatchUp], None] | None) -> None:
-    """Applies every event of the mirror, then sets the Kafka positions after the last recorded
-    offsets, so that the consumer goes on from there (anything republished later is skipped by
-    its stream version)."""
+    """Applies every event of the mirror, then sets the Kafka positions from where the consumer
+    goes on: the served generation's positions (every record before them was committed, so the
+    scan, made after reading them, has it), or without one the offsets after the last ones the
+    mirror recorded. Records after those that the scan also had are skipped by stream version."""
     store = get_event_store()
     topics = [kafka_settings.event_topic(t) for t in cls.stream_types]
-    last = store.recorder.last_offsets(topics)  # before the scan: every record up to it is in the mirror
+    served = ProjectorState.objects.filter(name=cls.name).values_list("active_generation", flat=True).first()
+    start = (ProjectorCheckpoint.objects.filter(projector=cls.name, generation=served)
+             .values_list("offsets", flat=True).first()) if served is not None else None
+    if not start:
+        start = {where: offset + 1 for where, offset in store.recorder.last_offsets(topics).items()}
+    start = {where: offset for where, offset in start.items() if where.rsplit(":", 1)[0] in topics}
     engine = ProjectionEngine(cls, generation)
     for chunk in store.recorder.iter_events_of_types(list(cls.stream_types), settings.PROJECTIONS["BATCH_SIZE"]):
         result = engine.apply_batch(chunk)
@@ -146,7 +176,7 @@ def _replay_mirror(cls, generation: int, kafka_settings: KafkaSettings, done: Ca
         done.batches += 1
         if progress is not None:
             progress(done)
-    engine.apply_batch([], {where: offset + 1 for where, offset in last.items()})
+    engine.apply_batch([], start)
 
 
 def rebuild(name: str, *, source: str = "auto", kafka_settings: KafkaSettings | None = None,

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import uuid
 
-import pytest
 
 from eventsourcing_app.application import Actor
 from eventsourcing_app.application.children import register_child_with_consent, update_child_profile

@@ -65,12 +65,12 @@ class Command(BaseCommand):
         if as_json:
             self.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2))
             return
-        self.stdout.write(f"{'projector':<14}{'gen':>4}{'applied':>10}{'lag':>8}{'lag age':>10}{'dead':>6}"
-                          f"{'held':>6}  last seen")
+        self.stdout.write(f"{'projector':<14}{'gen':>4}{'position':>10}{'applied':>10}{'lag':>8}{'lag age':>10}"
+                          f"{'dead':>6}{'held':>6}  last seen")
         for r in rows:
             building = f" (building {r.building_generation})" if r.building_generation else ""
             seen = f"{r.last_seen:%Y-%m-%d %H:%M:%S} UTC" if r.last_seen else "never"
-            self.stdout.write(f"{r.name:<14}{r.active_generation:>4}{r.events_applied:>10}{r.lag_events:>8}"
+            self.stdout.write(f"{r.name:<14}{r.active_generation:>4}{r.position:>10}{r.events_applied:>10}{r.lag_events:>8}"
                               f"{_age(r.lag_seconds):>10}{r.dead_letters:>6}{r.held_streams:>6}  {seen}{building}")
 
     def _rebuild(self, name, all_, source) -> None:
