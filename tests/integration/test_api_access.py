@@ -154,7 +154,8 @@ def world(store, celery_worker, django_db_blocker):
         compliance = User.objects.create_user(f"compliance-{uid()}", password=PASSWORD, is_staff=True)
         # What a compliance officer holds in the admin: reading the audit trail, nothing of the API.
         compliance.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
-        tokens = {"staff": Token.objects.create(user=staff).key, "compliance": Token.objects.create(user=compliance).key}
+        tokens = {"staff": Token.objects.create(user=staff).key,
+                  "compliance": Token.objects.create(user=compliance).key}
     return {"owner": owner, "other": other, "staff": staff, "compliance": compliance, "tokens": tokens}
 
 

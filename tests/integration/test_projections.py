@@ -207,6 +207,16 @@ def test_personal_values_are_sealed_and_read_as_erased_at_once(store):
     assert row.personal == {} and row.erased
     assert conversation_row(generation, conversation_id).personal == {}
 
+    # Rebuilt after the erasure, from the same events: nothing of the child's is written at all.
+    rebuilt = scratch_generation()
+    for cls in PROJECTORS.values():
+        ProjectionEngine(cls, rebuilt).apply_batch(events_of(store, f"child.{child_id}",
+                                                             f"conversation.{conversation_id}"))
+    for model in (m for cls in PROJECTORS.values() for m in cls.models):
+        for values in model.objects.filter(generation=rebuilt, child_id=child_id).values():
+            assert values.get("personal", {}) == {}, model.__name__
+            assert "Robin" not in json.dumps(values, default=str)
+
 
 def comparable_rows(model, generation: int, ids: dict[str, list[str]]) -> list[dict]:
     """A generation's rows of some streams' children/conversations, personal values opened."""
