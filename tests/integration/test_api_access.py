@@ -17,8 +17,9 @@ Proven here:
 - an alert acknowledged through the API is listed as acknowledged by the parent's user;
 - after `erase_child_data` no answer to the owner holds the child's name, and once the
   projectors saw the erasure no read-model row holds it, in clear or as ciphertext.
+- a command on a child whose stream an operator migrated answers 409 naming the new stream.
 
-Not here: a 409 from the API. Commands retry a concurrency conflict on fresh state (the unit of
+Not here: a 409 from a concurrency conflict. Commands retry one on fresh state (the unit of
 work) and the API takes no expected version, so no request provokes one deterministically.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ from eventsourcing_app.application.conversations import (
     end_conversation, raise_safety_flag, record_message, start_conversation, summarize_conversation,
 )
 from eventsourcing_app.application.privacy import erase_child_data
+from eventsourcing_app.operations.migration import migrate_stream
 from eventsourcing_app.readside.models import PROJECTION_MODELS, StreamProgress
 from eventsourcing_app.readside.personal import SubjectKeyRing, child_subject
 from eventsourcing_app.readside.projectors import PROJECTORS
@@ -520,6 +522,17 @@ def test_an_unknown_field_is_400_naming_it(world, store, method, path, body):
     assert error["fields"] == {unknown: ["unknown field"]}
     assert stream_versions(store, owner) == before
     assert len(client_for(owner.token).get("/api/v1/children/").json()) == 1  # nothing registered
+
+
+def test_a_command_on_a_migrated_child_is_409_naming_where_it_went(fresh_family, store):
+    old, new = f"child.{fresh_family.child_id}", f"child.{fresh_family.child_id}-moved"
+    migrate_stream(old, new, actor="system:operator-test")  # what `manage.py migrate_stream` does
+    version = store.get_stream_version_sync(old)
+    response = client_for(fresh_family.token).patch(f"/api/v1/children/{fresh_family.child_id}/", {"age": 8},
+                                                   format="json")
+    error = assert_error(response, 409, "conflict")
+    assert new in error["message"]
+    assert store.get_stream_version_sync(old) == version  # nothing was appended
 
 
 # --- alerts -------------------------------------------------------------------------------
