@@ -20,6 +20,7 @@ from ..application import children as child_commands
 from ..application import conversations as conversation_commands
 from ..application import parents as parent_commands
 from ..application.accounts import parent_actor
+from ..application.errors import ConsentRequired
 from ..domain import Child
 from ..eventstore import get_event_sourcing_service
 from ..readside import selectors
@@ -34,6 +35,14 @@ MIN_VERSION_PARAMETER = OpenApiParameter(
     MIN_VERSION_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
     description="<stream id>@<version> (e.g. child.c-1@3): wait, bounded, until this read model has applied "
                 "that version of that stream. A response that is still behind carries X-Read-Model-Stale: true.")
+
+
+PAGE_PARAMETERS = [
+    OpenApiParameter("cursor", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False,
+                     description="The position of a page, as given in the `next` and `previous` links."),
+    OpenApiParameter("page_size", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False,
+                     description="Items per page, 1 to 100 (default 20)."),
+]
 
 
 class IsParentAccount(permissions.BasePermission):
@@ -170,11 +179,17 @@ class ChildrenView(ParentView):
                    summary="Register a child (with your consent)")
     def post(self, request):
         data = self.body(s.RegisterChildSerializer, request)
-        result = child_commands.register_child_with_consent(
+        try:
+            result = self._register(data)
+        except ConsentRequired as exc:  # here a missing input, not a refusal
+            raise ValidationError({"consent_method": [str(exc)]}) from None
+        return self.command_result(result, status.HTTP_201_CREATED)
+
+    def _register(self, data):
+        return child_commands.register_child_with_consent(
             actor=self.actor, parent_id=self.parent_id, child_id=data.get("child_id") or f"c-{uuid.uuid4().hex[:12]}",
             name=data["name"], age=data["age"], consent_method=data.get("consent_method"),
             device_id=data.get("device_id"), udid=data.get("udid"))
-        return self.command_result(result, status.HTTP_201_CREATED)
 
 
 class ChildDetailView(ParentView):
@@ -250,7 +265,7 @@ class ConversationPage(Page):
 class ChildConversationsView(ParentView):
     projector = "conversations"
 
-    @extend_schema(parameters=[s.PeriodQuerySerializer, MIN_VERSION_PARAMETER],
+    @extend_schema(parameters=[s.PeriodQuerySerializer, MIN_VERSION_PARAMETER, *PAGE_PARAMETERS],
                    responses={200: s.ConversationPageSerializer}, tags=["conversations"],
                    summary="A child's conversations, newest first")
     def get(self, request, child_id: str):
@@ -296,7 +311,7 @@ class AlertPage(Page):
 class AlertsView(ParentView):
     projector = "alerts"
 
-    @extend_schema(parameters=[s.AlertQuerySerializer, MIN_VERSION_PARAMETER],
+    @extend_schema(parameters=[s.AlertQuerySerializer, MIN_VERSION_PARAMETER, *PAGE_PARAMETERS],
                    responses={200: s.AlertPageSerializer}, tags=["alerts"],
                    summary="Safety alerts of your children, newest first")
     def get(self, request):
@@ -325,7 +340,7 @@ class TimelinePage(Page):
 class TimelineView(ParentView):
     projector = "timeline"
 
-    @extend_schema(parameters=[s.ReadOptionsSerializer, MIN_VERSION_PARAMETER],
+    @extend_schema(parameters=[s.ReadOptionsSerializer, MIN_VERSION_PARAMETER, *PAGE_PARAMETERS],
                    responses={200: s.TimelinePageSerializer}, tags=["children"],
                    summary="What happened to a child, newest first")
     def get(self, request, child_id: str):

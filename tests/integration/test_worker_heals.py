@@ -40,7 +40,9 @@ def own_worker(kafka_settings, configured):
     env = {**os.environ, "DATABASE_URL": database_url(), "KAFKA_BOOTSTRAP_SERVERS": broker.address,
            "KAFKA_TOPIC_PREFIX": settings.topic_prefix, "KAFKA_TOPIC_PARTITIONS": str(settings.partitions),
            "KAFKA_MESSAGE_TIMEOUT_MS": "3000", "EVENTSTORE_STREAM_TYPES": ",".join(STREAM_TYPES),
-           "EVENTSTORE_RELAY_GRACE_SECONDS": "0", "CELERY_TASK_DEFAULT_QUEUE": queue}
+           "EVENTSTORE_RELAY_GRACE_SECONDS": "0", "CELERY_TASK_DEFAULT_QUEUE": queue,
+           # This worker relays for a broker of its own; the session's worker feeds the read models.
+           "PROJECTIONS_RUN_IN_WORKER": "0"}
     log = open(LOG_DIR / f"celery-{queue}.log", "ab")
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "teddy_project", "worker", "-n", name, "-Q",
                                queue, "--concurrency=1", "--pool=solo", "--loglevel=INFO"],
