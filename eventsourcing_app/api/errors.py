@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import exceptions, serializers
@@ -91,6 +92,9 @@ def exception_handler(exc, context):
         return _response(503, "unavailable", f"{exc}; try again in a moment", headers={"Retry-After": "1"})
     if isinstance(exc, EventStoreError):
         return _response(400, _snake(type(exc).__name__), str(exc))
+    if isinstance(exc, DjangoValidationError):  # a value the ORM refused, e.g. a forged page cursor
+        return _response(400, "invalid", "a value in the request is not valid (a `cursor` must be one of the "
+                         "`next`/`previous` links given)")
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         first = next(iter(fields.items()))

@@ -111,6 +111,8 @@ class ParentView(APIView):
             stream, version = match["stream"], int(match["version"])
         if min_version is not None and own_stream is not None:
             stream, version = own_stream, min_version
+        if stream is not None and not selectors.stream_is_mine(self.parent_id, stream):
+            stream = version = None  # another family's stream: no wait, and nothing said about it
         self.freshness = selectors.wait_for(self.projector, stream, version)
         return self.freshness
 
@@ -348,7 +350,7 @@ class TimelineView(ParentView):
         freshness = self.wait_for_writes(f"child.{child_id}", options.get("min_version"))
         selectors.require_own_child(self.parent_id, child_id)
         paginator = TimelinePage()
-        rows = paginator.paginate_queryset(selectors.timeline_of(child_id), request, view=self)
+        rows = paginator.paginate_queryset(selectors.timeline_of(self.parent_id, child_id), request, view=self)
         response = paginator.get_paginated_response([selectors.present_timeline(r) for r in rows])
         return self.respond(response.data, freshness)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, ClassVar, Sequence
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
 from ..eventstore import get_event_store
 from ..eventstore.records import StoredEvent
@@ -92,6 +92,10 @@ class BatchResult:
 class _Failure:
     stored: StoredEvent
     error: str
+    version: int = 0  # where its stream is held; the event's own version unless a gap is missing
+
+    def __post_init__(self) -> None:
+        self.version = self.version or self.stored.metadata.version
 
 
 @dataclass
@@ -154,10 +158,10 @@ class ProjectionEngine:
         """Applies `events` (in the order read) and records `next_offsets` ("topic:partition" ->
         next offset to read), all in one transaction. Raises Fenced if another process moved
         the checkpoint since this engine last wrote it."""
-        events = [e for e in events if parse_stream_id(e.metadata.stream_id)[0] in self.stream_types]
+        events = [e for e in events if self._follows(e)]
         with transaction.atomic():
             position = self._fence()
-            result = self._apply(events, held_retry=False)
+            result = self._apply_guarded(events)
             offsets = {**position.offsets, **(next_offsets or {})}
             if before_checkpoint is not None:
                 before_checkpoint()
@@ -165,25 +169,85 @@ class ProjectionEngine:
         self.position = _Position(offsets, position.events_applied + result.applied)
         return result
 
+    def _follows(self, stored: StoredEvent) -> bool:
+        try:
+            return parse_stream_id(stored.metadata.stream_id)[0] in self.stream_types
+        except Exception:  # noqa: BLE001 - a record naming no valid stream is nobody's event
+            logger.error("projector %s: a record names the stream %r, which is not a stream id; it is passed over",
+                         self.name, stored.metadata.stream_id[:200])
+            return False
+
+    def _apply_guarded(self, events: Sequence[StoredEvent]) -> BatchResult:
+        """The batch, in a savepoint; if the database refuses what it writes (a value too long
+        for a column, say), each stream again on its own, and the streams it refuses for become
+        dead letters: one bad stream never stops the projector."""
+        try:
+            with transaction.atomic():
+                return self._apply(events)
+        except DatabaseError as exc:
+            logger.warning("projector %s: the database refused a batch (%s); applying it stream by stream",
+                           self.name, _first_line(exc))
+        total = BatchResult()
+        by_stream: dict[str, list[StoredEvent]] = {}
+        for stored in events:
+            by_stream.setdefault(stored.metadata.stream_id, []).append(stored)
+        for sid, group in by_stream.items():
+            try:
+                with transaction.atomic():
+                    part = self._apply(group)
+            except DatabaseError as exc:
+                first = self._first_new(sid, group)
+                if first is None:
+                    continue
+                part = BatchResult(dead_letters=1)
+                self._write_progress({}, {sid: _Failure(first, f"the database refused it: {_first_line(exc)}")},
+                                     frozenset())
+            total.applied += part.applied
+            total.skipped += part.skipped
+            total.filled += part.filled
+            total.dead_letters += part.dead_letters
+            total.rows_written += part.rows_written
+            if part.last_recorded_at and (total.last_recorded_at is None or part.last_recorded_at >
+                                          total.last_recorded_at):
+                total.last_recorded_at = part.last_recorded_at
+        return total
+
+    def _first_new(self, sid: str, group: list[StoredEvent]) -> StoredEvent | None:
+        """The first version of the stream this generation has not applied (the one to hold at)."""
+        applied, held = self._progress([sid]).get(sid) or (0, None)
+        fresh = [e for e in group if e.metadata.version > applied]
+        if held is not None or not fresh:
+            return None
+        if fresh[0].metadata.version > applied + 1:  # a gap: its first version is where it stops
+            missing = get_event_store().load_events_sync(sid, applied + 1, applied + 1)
+            if missing:
+                return missing[0]
+        return fresh[0]
+
     def _write_checkpoint(self, offsets: dict, events_applied: int, last_recorded_at: datetime | None) -> None:
         changes = {"offsets": offsets, "events_applied": events_applied, "updated_at": datetime.now(timezone.utc)}
         if last_recorded_at is not None:
             changes["last_event_recorded_at"] = last_recorded_at
         ProjectorCheckpoint.objects.filter(projector=self.name, generation=self.generation).update(**changes)
 
-    def _progress(self, stream_ids) -> dict[str, tuple[int, int | None]]:
+    def _progress(self, stream_ids, lock: bool = False) -> dict[str, tuple[int, int | None]]:
         rows = StreamProgress.objects.filter(projector=self.name, generation=self.generation,
                                              stream_id__in=list(stream_ids))
+        if lock:
+            rows = rows.select_for_update()
         return {sid: (version, held) for sid, version, held in rows.values_list("stream_id", "version",
                                                                                 "held_at_version")}
 
-    def _plan(self, events: Sequence[StoredEvent], progress: dict) -> tuple[list[StoredEvent], int, int]:
-        """The events to apply, in order: duplicates dropped, gaps filled from the mirror."""
+    def _plan(self, events: Sequence[StoredEvent], progress: dict) -> tuple[list[StoredEvent], int, int, dict]:
+        """The events to apply, in order: duplicates dropped, gaps filled from the mirror; a gap
+        the mirror cannot fill holds its stream (a dead letter) instead of being jumped."""
         applied = {sid: version for sid, (version, _) in progress.items()}
-        plan, skipped, filled = [], 0, 0
+        plan, skipped, filled, failed = [], 0, 0, {}
         store = None
         for stored in events:
             sid, version = stored.metadata.stream_id, stored.metadata.version
+            if sid in failed:
+                continue
             last = applied.get(sid, 0)
             if version <= last:
                 skipped += 1
@@ -191,14 +255,16 @@ class ProjectionEngine:
             if version > last + 1:
                 store = store or get_event_store()
                 missing = store.load_events_sync(sid, last + 1, version - 1)
-                if len(missing) != version - 1 - last:
-                    logger.error("projector %s: stream %s versions %d..%d are not in the mirror; applying version %d "
-                                 "after the %d found", self.name, sid, last + 1, version - 1, version, len(missing))
+                if [e.version for e in missing] != list(range(last + 1, version)):
+                    failed[sid] = _Failure(stored, f"versions {last + 1}..{version - 1} of {sid} are not in the "
+                                                   f"event store, yet version {version} arrived from Kafka",
+                                           version=last + 1)
+                    continue
                 plan.extend(missing)
                 filled += len(missing)
             plan.append(stored)
             applied[sid] = version
-        return plan, skipped, filled
+        return plan, skipped, filled, failed
 
     def _decode(self, plan: list[StoredEvent], keyring: SubjectKeyRing) -> tuple[list, list[_Failure]]:
         decoded, failures = [], []
@@ -216,27 +282,28 @@ class ProjectionEngine:
                 decoded.append((stored, _UNDECODABLE))
         return decoded, failures
 
-    def _apply(self, events: Sequence[StoredEvent], *, held_retry: bool,
-               release: set[str] = frozenset()) -> BatchResult:
+    def _apply(self, events: Sequence[StoredEvent], *, release: frozenset[str] = frozenset()) -> BatchResult:
+        """`release`: held streams whose events (from their held version on) are retried."""
         result = BatchResult()
         if not events:
             return result
-        progress = self._progress({e.metadata.stream_id for e in events})
-        if held_retry:
-            plan = list(events)
-        else:
-            plan, result.skipped, result.filled = self._plan(events, progress)
+        progress = self._progress({e.metadata.stream_id for e in events}, lock=bool(release))
+        held = {sid for sid, (_, at) in progress.items() if at is not None and sid not in release}
+        # A held stream waits as it is: nothing of it is planned, decoded or applied.
+        waiting = [e for e in events if e.metadata.stream_id in held]
+        plan, result.skipped, result.filled, failed = self._plan(
+            [e for e in events if e.metadata.stream_id not in held], progress)
+        result.skipped += len(waiting)
         keyring = SubjectKeyRing(e.metadata.data_subject for e in plan if e.metadata.data_subject)
         decoded, failures = self._decode(plan, keyring)
-        held = {sid: at for sid, (_, at) in progress.items() if at is not None and sid not in release}
-        failed: dict[str, _Failure] = {}
         for failure in failures:
             failed.setdefault(failure.stored.metadata.stream_id, failure)
         while True:  # again without a stream whose event failed (rare): rows are reloaded
             projector = self.projector_cls(self.generation, keyring)
-            live = [(s, e) for s, e in decoded if s.metadata.stream_id not in held and not self._blocked(s, failed)]
+            live = [(s, e) for s, e in decoded if not self._blocked(s, failed)]
             projector.prepare([e for _, e in live if e is not None and e is not _UNDECODABLE])
             versions: dict[str, int] = {}
+            applied, last_recorded = 0, None
             try:
                 for stored, event in live:
                     meta = stored.metadata
@@ -246,35 +313,32 @@ class ProjectionEngine:
                         except Exception as exc:  # noqa: BLE001 - the event becomes a dead letter
                             raise _Failed(_Failure(stored, f"{type(exc).__name__}: {exc}")) from exc
                     versions[meta.stream_id] = meta.version
-                    result.applied += 1
-                    recorded = getattr(meta, "recorded_at", None) or meta.timestamp
-                    if result.last_recorded_at is None or recorded > result.last_recorded_at:
-                        result.last_recorded_at = recorded
+                    applied += 1
+                    if last_recorded is None or meta.timestamp > last_recorded:
+                        last_recorded = meta.timestamp
             except _Failed as failed_event:
                 failure = failed_event.failure
                 failed[failure.stored.metadata.stream_id] = failure
-                result.applied = 0
-                result.last_recorded_at = None
                 continue
             break
+        result.applied, result.last_recorded_at = applied, last_recorded
         result.rows_written = projector.flush()
         self._write_progress(versions, failed, release)
         result.dead_letters = len(failed)
-        result.skipped += sum(1 for s, _ in decoded if s.metadata.stream_id in held)
         return result
 
     @staticmethod
     def _blocked(stored: StoredEvent, failed: dict[str, _Failure]) -> bool:
         failure = failed.get(stored.metadata.stream_id)
-        return failure is not None and stored.metadata.version >= failure.stored.metadata.version
+        return failure is not None and stored.metadata.version >= failure.version
 
-    def _write_progress(self, versions: dict[str, int], failed: dict[str, _Failure], release: set[str]) -> None:
+    def _write_progress(self, versions: dict[str, int], failed: dict[str, _Failure], release: frozenset[str]) -> None:
         now = datetime.now(timezone.utc)
         rows = {sid: StreamProgress(projector=self.name, generation=self.generation, stream_id=sid, version=v,
                                     held_at_version=None)
                 for sid, v in versions.items()}
         for sid, failure in failed.items():
-            version = failure.stored.metadata.version
+            version = failure.version
             row = rows.get(sid)
             if row is None:
                 # Nothing of this stream applied in this batch: keep the version it had.
@@ -283,12 +347,13 @@ class ProjectionEngine:
                                                  version=known[0] if known else version - 1)
             row.held_at_version = version
             meta = failure.stored.metadata
-            logger.error("projector %s: %s version %d (%s) could not be applied; the stream waits behind it: %s",
-                         self.name, sid, version, meta.event_type, failure.error)
+            logger.error("projector %s: %s version %d could not be applied; the stream waits behind it: %s",
+                         self.name, sid, version, failure.error)
             letter, created = DeadLetter.objects.get_or_create(
                 projector=self.name, generation=self.generation, stream_id=sid, version=version,
-                defaults={"event_id": meta.event_id, "event_type": meta.event_type, "error": failure.error[:4000],
-                          "first_failed_at": now, "last_failed_at": now})
+                defaults={"event_id": meta.event_id if meta.version == version else "",
+                          "event_type": meta.event_type if meta.version == version else "(missing)",
+                          "error": failure.error[:4000], "first_failed_at": now, "last_failed_at": now})
             if not created:
                 DeadLetter.objects.filter(pk=letter.pk).update(
                     error=failure.error[:4000], attempts=letter.attempts + 1, last_failed_at=now, resolved_at=None)
@@ -296,17 +361,17 @@ class ProjectionEngine:
             StreamProgress.objects.bulk_create(
                 list(rows.values()), update_conflicts=True, unique_fields=["projector", "generation", "stream_id"],
                 update_fields=["version", "held_at_version"])
-        if release:
-            resolved = set(release) - set(failed)
-            if resolved:
-                DeadLetter.objects.filter(projector=self.name, generation=self.generation, stream_id__in=resolved,
-                                          resolved_at__isnull=True).update(resolved_at=now)
+        resolved = set(release) - set(failed)
+        if resolved:
+            DeadLetter.objects.filter(projector=self.name, generation=self.generation, stream_id__in=resolved,
+                                      resolved_at__isnull=True).update(resolved_at=now)
 
     # --- dead letters -------------------------------------------------------------------
 
     def retry_dead_letters(self) -> tuple[int, int]:
         """Applies each held stream again from the mirror, from the version it stopped at.
-        Returns (streams released, streams still held)."""
+        Returns (streams released, streams still held). Safe to run twice at once: each stream
+        is retried under its progress row's lock, and only while it is held where it was seen."""
         store = get_event_store()
         released = still = 0
         held = list(StreamProgress.objects.filter(projector=self.name, generation=self.generation,
@@ -317,8 +382,14 @@ class ProjectionEngine:
                 position = self._read_position(lock=True)
                 if position is None:
                     raise Fenced(f"projector {self.name} generation {self.generation} no longer exists")
-                events = store.load_events_sync(sid, at)
-                result = self._apply(events, held_retry=True, release={sid})
+                current = self._progress([sid], lock=True).get(sid)
+                if current is None or current[1] != at:
+                    continue  # released (or moved) by another retry meanwhile
+                events = [e for e in store.load_events_sync(sid, at) if e.version > current[0]]
+                if not events:
+                    still += 1
+                    continue
+                result = self._apply(events, release=frozenset({sid}))
                 self._write_checkpoint(position.offsets, position.events_applied + result.applied, None)
             self.position = _Position(position.offsets, position.events_applied + result.applied)
             if result.dead_letters:
@@ -326,6 +397,10 @@ class ProjectionEngine:
             else:
                 released += 1
         return released, still
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 class _Failed(Exception):

@@ -107,6 +107,9 @@ class FamilyChild(models.Model):
     consent = models.CharField(max_length=10, default="none")  # none | granted | withdrawn
     consent_method = models.CharField(max_length=40, blank=True, default="")
     consent_changed_at = models.DateTimeField(null=True, blank=True)
+    # Every parent's consent for this child id, by parent id: a parent may consent for an id
+    # before registering it, so another parent's consent for the same id must not show here.
+    consents = models.JSONField(default=dict)
     open_alerts = models.IntegerField(default=0)
     last_activity_at = models.DateTimeField(null=True, blank=True)
 

@@ -8,12 +8,13 @@ the parent's is simply not found.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
 from .engine import wait_for_version
 from .models import (
@@ -49,6 +50,36 @@ class Freshness:
     @property
     def stale(self) -> bool:
         return self.wanted is not None and (self.applied or 0) < self.wanted
+
+
+def stream_is_mine(parent_id: str, stream_id: str) -> bool:
+    """Whether the stream belongs to the parent's family: their own stream, a child of theirs or
+    a conversation of one. Read models first; a stream they do not hold yet (just written) is
+    checked in the event store, from its first event."""
+    from ..domain import Child, Conversation
+    from ..eventstore import get_event_sourcing_service
+    from ..eventstore.errors import EventStoreError
+
+    kind, _, aggregate_id = stream_id.partition(".")
+    if kind == "parent":
+        return aggregate_id == parent_id
+    try:
+        if kind == "conversation":
+            row = ConversationView.objects.filter(generation=generation("conversations"),
+                                                  conversation_id=aggregate_id).values_list("child_id", flat=True)
+            child_id = row.first()
+            if child_id is None:
+                conversation = get_event_sourcing_service().load_aggregate_sync(Conversation, aggregate_id, version=1)
+                child_id = conversation.child_id
+            kind, aggregate_id = "child", str(child_id)
+        if kind == "child":
+            if aggregate_id in owned_child_ids(parent_id):
+                return True
+            child = get_event_sourcing_service().load_aggregate_sync(Child, aggregate_id, version=1)
+            return child.parent_id == parent_id
+    except (EventStoreError, LookupError, ValueError):
+        return False
+    return False
 
 
 def wait_for(projector: str, stream_id: str | None, version: int | None) -> Freshness:
@@ -186,7 +217,7 @@ def alerts_of(parent_id: str, state: str | None = None):
 
 def alert_row(parent_id: str, alert_id: str) -> SafetyAlert:
     conversation_id, _, number = alert_id.rpartition(".")
-    if not conversation_id or not number.isdigit() or len(number) > 9:
+    if not conversation_id or not re.fullmatch(r"[0-9]{1,9}", number):
         raise NotFound(f"you have no alert {alert_id} (alert ids are <conversation id>.<flag number>)")
     row = SafetyAlert.objects.filter(generation=generation("alerts"), conversation_id=conversation_id,
                                      flag_number=int(number)).first()
@@ -204,8 +235,11 @@ def present_alert(row: SafetyAlert) -> dict:
     }
 
 
-def timeline_of(child_id: str):
-    return TimelineEntry.objects.filter(generation=generation("timeline"), child_id=child_id)
+def timeline_of(parent_id: str, child_id: str):
+    """The child's entries; of parent streams only this parent's own (another parent may have
+    consented for the same child id before it was registered)."""
+    return (TimelineEntry.objects.filter(generation=generation("timeline"), child_id=child_id)
+            .exclude(Q(stream_id__startswith="parent.") & ~Q(stream_id=f"parent.{parent_id}")))
 
 
 def present_timeline(row: TimelineEntry) -> dict:

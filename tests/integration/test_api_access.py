@@ -24,6 +24,7 @@ work) and the API takes no expected version, so no request provokes one determin
 """
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import dataclass
@@ -632,3 +633,49 @@ def test_after_erasure_nothing_the_owner_reads_holds_the_childs_name(fresh_famil
     assert (profile["name"], profile["age"], profile["udid"], profile["erased"]) == (None, None, None, True)
     assert after["profile at version 1"].json()["name"] is None
     assert [c["summary"] for c in after["conversations"].json()["results"]] == [None]
+
+
+def test_read_your_writes_says_nothing_about_another_familys_streams(world, settings):
+    """Waiting for another family's stream would tell its version (and that it exists): such a
+    wait is not made, and no read-model header answers it."""
+    settings.PROJECTIONS = {**settings.PROJECTIONS, "READ_YOUR_WRITES_WAIT_SECONDS": 0.2}
+    owner, other = world["owner"], world["other"]
+    api = client_for(other.token)
+    for response in (
+        api.get("/api/v1/children/", HTTP_X_MIN_VERSION=f"child.{owner.child_id}@1"),
+        api.get(f"/api/v1/children/{owner.child_id}/", {"min_version": 1}),
+        api.get("/api/v1/alerts/", HTTP_X_MIN_VERSION=f"conversation.{owner.conversation_id}@1"),
+    ):
+        assert "X-Read-Model-Version" not in response.headers and "X-Read-Model-Stale" not in response.headers
+    # The owner's own wait is answered as before.
+    mine = client_for(owner.token).get("/api/v1/children/", HTTP_X_MIN_VERSION=f"child.{owner.child_id}@1")
+    assert mine.headers["X-Read-Model-Version"] == "1"
+
+
+def test_another_parents_consent_for_the_same_child_id_shows_nowhere(store, world, fresh_family):
+    """A parent may consent for a child id before registering it; another parent who consented
+    for that id (and withdrew) stays invisible to the family that registered it."""
+    from eventsourcing_app.application.parents import grant_consent, withdraw_consent
+
+    owner, other = fresh_family, world["other"]
+    child_id = f"shared-{uid()}"
+    grant_consent(actor=other.actor, parent_id=other.parent_id, child_id=child_id, method="video_call")
+    withdraw_consent(actor=other.actor, parent_id=other.parent_id, child_id=child_id)
+    registered = client_for(owner.token).post("/api/v1/children/", {"child_id": child_id, "name": "Sky", "age": 6,
+                                                                    "consent_method": "signed_form"}, format="json")
+    assert registered.status_code == 201, registered.json()
+    api = client_for(owner.token)
+    listed = api.get("/api/v1/children/", HTTP_X_MIN_VERSION=f"child.{child_id}@1").json()
+    assert [(c["consent"], c["consent_method"]) for c in listed if c["child_id"] == child_id] == \
+           [("granted", "signed_form")]
+    timeline = api.get(f"/api/v1/children/{child_id}/timeline/", {"min_version": 1}).json()["results"]
+    assert {e["stream_id"] for e in timeline} <= {f"child.{child_id}", f"parent.{owner.parent_id}"}
+    assert not any("video_call" in e["title"] or "withdrawn" in e["title"].lower() for e in timeline)
+
+
+def test_forged_ids_and_cursors_are_client_errors(world):
+    api = client_for(world["owner"].token)
+    assert_error(api.post("/api/v1/alerts/x.²/acknowledge/"), 404, "not_found")
+    forged = base64.b64encode(b"p=not-a-time").decode()
+    response = api.get(f"/api/v1/children/{world['owner'].child_id}/conversations/", {"cursor": forged})
+    assert_error(response, 400, "invalid")

@@ -347,3 +347,60 @@ def test_catching_up_from_kafka_offset_zero_equals_the_incremental_read_models(o
                 assert replayed == built and built, f"{name}: {model.__name__}"
     finally:
         own_store.publisher.close()
+
+
+def test_a_held_stream_stays_held_where_it_stopped(store):
+    """Later versions of a held stream, even undecodable ones, neither move its hold nor get
+    applied; the other streams of the batch go on."""
+    _, child_id, _ = make_family(store)
+    generation = scratch_generation()
+    engine = ProjectionEngine(ProfilesProjector, generation)
+    for n in range(3):
+        update_child_profile(actor=SYSTEM, child_id=child_id, changes={"age": 4 + n})
+    events = events_of(store, f"child.{child_id}")
+    damaged = [StoredEvent(metadata=e.metadata, payload=b'{"unexpected": 1}') for e in events]
+    engine.apply_batch([events[0], damaged[1]])
+    engine.apply_batch([damaged[2], damaged[3], events[3]])
+    progress = StreamProgress.objects.get(projector="profiles", generation=generation, stream_id=f"child.{child_id}")
+    assert (progress.version, progress.held_at_version) == (1, 2)
+    assert list(DeadLetter.objects.filter(projector="profiles", generation=generation)
+                .values_list("version", flat=True)) == [2]
+    assert engine.retry_dead_letters() == (1, 0)
+    assert engine.retry_dead_letters() == (0, 0)  # nothing held any more: nothing applied twice
+    row = ChildProfile.objects.get(generation=generation, child_id=child_id)
+    assert row.version == 4
+
+
+def test_a_gap_the_mirror_cannot_fill_holds_the_stream(store):
+    from dataclasses import replace
+
+    _, child_id, _ = make_family(store)
+    generation = scratch_generation()
+    engine = ProjectionEngine(ProfilesProjector, generation)
+    first = events_of(store, f"child.{child_id}")[0]
+    bogus = StoredEvent(metadata=replace(first.metadata, version=10**6), payload=first.payload)
+    result = engine.apply_batch([first, bogus])
+    assert result.dead_letters == 1
+    progress = StreamProgress.objects.get(projector="profiles", generation=generation, stream_id=f"child.{child_id}")
+    assert (progress.version, progress.held_at_version) == (1, 2)  # not jumped to version 1,000,000
+    letter = DeadLetter.objects.get(projector="profiles", generation=generation, stream_id=f"child.{child_id}")
+    assert "not in the event store" in letter.error
+
+
+def test_a_value_the_database_refuses_becomes_a_dead_letter_not_a_stuck_projector(store):
+    """Consent recorded for a child id longer than the read model's column: that parent's
+    stream is held, every other stream of the batch is applied."""
+    from eventsourcing_app.application.parents import grant_consent
+    from eventsourcing_app.readside.models import FamilyChild
+    from eventsourcing_app.readside.projectors.dashboard import DashboardProjector
+
+    parent_id, child_id, _ = make_family(store)
+    other_parent, other_child, _ = make_family(store)
+    grant_consent(actor=SYSTEM, parent_id=parent_id, child_id="x" * 150, method="signed_form")
+    generation = scratch_generation()
+    result = ProjectionEngine(DashboardProjector, generation).apply_batch(
+        events_of(store, f"parent.{parent_id}", f"child.{child_id}", f"parent.{other_parent}", f"child.{other_child}"))
+    assert result.dead_letters == 1
+    letter = DeadLetter.objects.get(projector="dashboard", generation=generation)
+    assert (letter.stream_id, letter.version) == (f"parent.{parent_id}", 1)
+    assert FamilyChild.objects.filter(generation=generation, child_id__in=[child_id, other_child]).count() == 2

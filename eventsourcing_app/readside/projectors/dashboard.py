@@ -4,6 +4,8 @@ Consent (parent stream), registration (child stream) and alerts (conversation st
 in any order relative to each other: a row is made by whichever comes first."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from ..engine import Projector
 from ..models import FamilyChild
 from ..tables import Table
@@ -30,7 +32,7 @@ class DashboardProjector(Projector):
         if row is None:
             row = self.children.put({
                 "child_id": child_id, "parent_id": None, "personal": {}, "registered_at": None, "active": False,
-                "erased": False, "consent": "none", "consent_method": "", "consent_changed_at": None,
+                "erased": False, "consent": "none", "consent_method": "", "consent_changed_at": None, "consents": {},
                 "open_alerts": 0, "last_activity_at": None,
             })
         else:
@@ -39,19 +41,34 @@ class DashboardProjector(Projector):
             row["last_activity_at"] = meta.timestamp
         return row
 
+    @staticmethod
+    def _show_consent(row: dict) -> None:
+        """The consent shown is the registered parent's own (none until the child is registered)."""
+        own = row["consents"].get(row["parent_id"]) if row["parent_id"] else None
+        if own is None:
+            row.update(consent="none", consent_method="", consent_changed_at=None)
+        else:
+            row.update(consent=own["state"], consent_method=own["method"],
+                       consent_changed_at=datetime.fromisoformat(own["at"]))
+
     def on_ParentalConsentGranted(self, event, meta) -> None:
         row = self._row(event.child_id, meta)
-        row["parent_id"] = row["parent_id"] or event.parent_id
-        row.update(consent="granted", consent_method=event.method, consent_changed_at=event.granted_at)
+        row["consents"] = {**row["consents"], event.parent_id: {"state": "granted", "method": event.method,
+                                                                "at": event.granted_at.isoformat()}}
+        self._show_consent(row)
 
     def on_ParentalConsentWithdrawn(self, event, meta) -> None:
         row = self._row(event.child_id, meta)
-        row.update(consent="withdrawn", consent_changed_at=event.withdrawn_at)
+        earlier = row["consents"].get(event.parent_id) or {"method": ""}
+        row["consents"] = {**row["consents"], event.parent_id: {"state": "withdrawn", "method": earlier["method"],
+                                                                "at": event.withdrawn_at.isoformat()}}
+        self._show_consent(row)
 
     def on_ChildRegistered(self, event, meta) -> None:
         row = self._row(event.child_id, meta)
         row["parent_id"] = getattr(event, "parent_id", None) or row["parent_id"]
         row.update(registered_at=meta.timestamp, active=True, personal={"name": event.name})
+        self._show_consent(row)
 
     def on_ChildDeactivated(self, event, meta) -> None:
         self._row(event.child_id, meta)["active"] = False
