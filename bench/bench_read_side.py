@@ -307,6 +307,9 @@ def orchestrate(args) -> int:
         pair = [_spawn_step(env, "probe", "bench-1-0", str(plan["lag_seconds"]), "0", str(t), "2") for t in range(2)]
         results["lag_one_stream"] = {"lags": [x for p in pair for x in _collect(p)["lags"]]}
 
+        # The API alone on the machine: the worker's polling would take CPU from the web workers.
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
         port = _free_port()
         log(f"bench: API under 16 concurrent clients (gunicorn, 4 workers, port {port}) ...")
         web = subprocess.Popen([sys.executable, "-m", "gunicorn", "teddy_project.wsgi", "-b", f"127.0.0.1:{port}",
@@ -375,7 +378,8 @@ def render(results: dict, started, args) -> str:
         f"{ms(percentile(lag, .5))} | {ms(percentile(lag, .99))} | {ms(max(lag))} |",
         f"| two processes taking turns on one stream (each append's predecessor is the other's) | {len(pair)} | "
         f"{ms(percentile(pair, .5))} | {ms(percentile(pair, .99))} | {ms(max(pair))} |",
-        "", "## 3. API reads, 16 concurrent clients (4 processes x 4 threads), gunicorn with 4 sync workers", "",
+        "", "## 3. API reads, 16 concurrent clients (4 processes x 4 threads, on the same 2 CPUs), gunicorn with "
+        "4 sync workers", "",
         "| endpoint | requests | req/s | p50 | p99 |", "| --- | ---: | ---: | ---: | ---: |",
     ]
     api = results["api"]

@@ -12,9 +12,10 @@ An event the projector cannot apply becomes a dead letter; its stream waits behi
 versions are not applied, so per-stream order holds), every other stream goes on.
 `retry_dead_letters` applies the held streams again from the mirror.
 
-The checkpoint row is locked first in every batch and compared with what this engine last
-wrote: if another process moved it (two runners, a retry, a rebuild switching over), the batch
-is refused with `Fenced` and the caller re-reads its positions instead of writing twice.
+Every batch ends by moving the checkpoint's revision, on the condition that it is still the one
+this engine last wrote: if another process moved it meanwhile (two runners, a retry, a rebuild
+switching over), the batch is rolled back with `Fenced` and the caller re-reads its positions
+instead of writing twice.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Callable, ClassVar, Sequence
 
 from django.db import DatabaseError, transaction
+from django.db.models import F
 
 from ..eventstore import get_event_store
 from ..eventstore.records import StoredEvent
@@ -102,6 +104,7 @@ class _Failure:
 class _Position:
     offsets: dict = field(default_factory=dict)
     events_applied: int = 0
+    revision: int = 0
 
 
 class ProjectionEngine:
@@ -121,12 +124,12 @@ class ProjectionEngine:
         query = ProjectorCheckpoint.objects.filter(projector=self.name, generation=self.generation)
         if lock:
             query = query.select_for_update()
-        row = query.values("offsets", "events_applied").first()
+        row = query.values("offsets", "events_applied", "revision").first()
         if row is None and create:
             ProjectorCheckpoint.objects.get_or_create(projector=self.name, generation=self.generation,
                                                       defaults={"updated_at": datetime.now(timezone.utc)})
             return _Position()
-        return None if row is None else _Position(dict(row["offsets"]), row["events_applied"])
+        return None if row is None else _Position(dict(row["offsets"]), row["events_applied"], row["revision"])
 
     def resync(self) -> _Position:
         """Re-reads the positions after `Fenced` (or at start)."""
@@ -136,13 +139,6 @@ class ProjectionEngine:
         self.position = position
         return position
 
-    def _fence(self) -> _Position:
-        current = self._read_position(lock=True)
-        if current is None:
-            raise Fenced(f"projector {self.name} generation {self.generation} no longer exists (a rebuild replaced it)")
-        if (current.offsets, current.events_applied) != (self.position.offsets, self.position.events_applied):
-            raise Fenced(f"projector {self.name} generation {self.generation} was moved by another process")
-        return current
 
     def heartbeat(self, caught_up: bool = False) -> None:
         """Notes that a runner is alive on this generation (health reads it), outside batches."""
@@ -159,14 +155,18 @@ class ProjectionEngine:
         next offset to read), all in one transaction. Raises Fenced if another process moved
         the checkpoint since this engine last wrote it."""
         events = [e for e in events if self._follows(e)]
+        position = self.position
         with transaction.atomic():
-            position = self._fence()
             result = self._apply_guarded(events)
             offsets = {**position.offsets, **(next_offsets or {})}
             if before_checkpoint is not None:
                 before_checkpoint()
-            self._write_checkpoint(offsets, position.events_applied + result.applied, result.last_recorded_at)
-        self.position = _Position(offsets, position.events_applied + result.applied)
+            # The fence: written only if nobody moved the checkpoint since this engine's last
+            # batch; otherwise everything of this batch is rolled back. (Checked last, so the
+            # row is locked only from here to the commit.)
+            self._write_checkpoint(offsets, position.events_applied + result.applied, result.last_recorded_at,
+                                   expect=position.revision)
+        self.position = _Position(offsets, position.events_applied + result.applied, position.revision + 1)
         return result
 
     def _follows(self, stored: StoredEvent) -> bool:
@@ -224,11 +224,18 @@ class ProjectionEngine:
                 return missing[0]
         return fresh[0]
 
-    def _write_checkpoint(self, offsets: dict, events_applied: int, last_recorded_at: datetime | None) -> None:
-        changes = {"offsets": offsets, "events_applied": events_applied, "updated_at": datetime.now(timezone.utc)}
+    def _write_checkpoint(self, offsets: dict, events_applied: int, last_recorded_at: datetime | None, *,
+                          expect: int) -> None:
+        changes = {"offsets": offsets, "events_applied": events_applied, "updated_at": datetime.now(timezone.utc),
+                   "revision": F("revision") + 1}
         if last_recorded_at is not None:
             changes["last_event_recorded_at"] = last_recorded_at
-        ProjectorCheckpoint.objects.filter(projector=self.name, generation=self.generation).update(**changes)
+        written = ProjectorCheckpoint.objects.filter(projector=self.name, generation=self.generation,
+                                                     revision=expect).update(**changes)
+        if not written:
+            exists = ProjectorCheckpoint.objects.filter(projector=self.name, generation=self.generation).exists()
+            raise Fenced(f"projector {self.name} generation {self.generation} "
+                         + ("was moved by another process" if exists else "no longer exists (a rebuild replaced it)"))
 
     def _progress(self, stream_ids, lock: bool = False) -> dict[str, tuple[int, int | None]]:
         rows = StreamProgress.objects.filter(projector=self.name, generation=self.generation,
@@ -390,8 +397,9 @@ class ProjectionEngine:
                     still += 1
                     continue
                 result = self._apply(events, release=frozenset({sid}))
-                self._write_checkpoint(position.offsets, position.events_applied + result.applied, None)
-            self.position = _Position(position.offsets, position.events_applied + result.applied)
+                self._write_checkpoint(position.offsets, position.events_applied + result.applied, None,
+                                       expect=position.revision)
+            self.position = _Position(position.offsets, position.events_applied + result.applied, position.revision + 1)
             if result.dead_letters:
                 still += 1
             else:

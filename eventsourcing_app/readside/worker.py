@@ -77,7 +77,8 @@ def run_projector(name: str, stop: threading.Event) -> None:
             with projector_lock(name) as held:
                 if held:
                     runner = ProjectionRunner(projector_cls, kafka_settings,
-                                              batch_size=settings.PROJECTIONS["BATCH_SIZE"])
+                                              batch_size=settings.PROJECTIONS["BATCH_SIZE"],
+                                              linger=settings.PROJECTIONS["LINGER_MS"] / 1000)
                     logger.info("projector %s: feeding generation %d", name, runner.generation)
                     runner.run(stop, still_active=lambda: _is_active(name, runner.generation))
         except Exception as exc:  # noqa: BLE001 - the thread heals itself: new consumer, new connection

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import uuid
 
+import pytest
+
 
 from eventsourcing_app.application import Actor
 from eventsourcing_app.application.children import register_child_with_consent, update_child_profile
@@ -404,3 +406,24 @@ def test_a_value_the_database_refuses_becomes_a_dead_letter_not_a_stuck_projecto
     letter = DeadLetter.objects.get(projector="dashboard", generation=generation)
     assert (letter.stream_id, letter.version) == (f"parent.{parent_id}", 1)
     assert FamilyChild.objects.filter(generation=generation, child_id__in=[child_id, other_child]).count() == 2
+
+
+def test_a_second_writer_on_the_same_generation_is_fenced_off(store):
+    """Two runners believing they feed one generation (a lock lost with its connection): the
+    one that did not write last is refused and rolled back, then goes on from the stored
+    positions; nothing is applied twice."""
+    from eventsourcing_app.readside.engine import Fenced
+
+    _, _, conversation_id = make_family(store)
+    generation = scratch_generation()
+    first, second = (ProjectionEngine(ConversationsProjector, generation) for _ in range(2))
+    events = events_of(store, f"conversation.{conversation_id}")
+    first.apply_batch(events[:3], {"t:0": 3})
+    with pytest.raises(Fenced):
+        second.apply_batch(events, {"t:0": len(events)})
+    row = conversation_row(generation, conversation_id)
+    assert (row.version, row.child_messages, row.bear_messages) == (3, 1, 1)  # the refused batch left nothing
+    second.resync()
+    second.apply_batch(events, {"t:0": len(events)})
+    row = conversation_row(generation, conversation_id)
+    assert (row.version, row.child_messages, row.bear_messages) == (len(events), 2, 1)
