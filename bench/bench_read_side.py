@@ -179,7 +179,7 @@ def step_probe(child_id: str, seconds: float, interval: float, turn: int | None,
             if time.monotonic() - committed > 10:
                 lags.append(10.0)
                 break
-            time.sleep(0.0005)
+            time.sleep(0.002)
         time.sleep(interval)
     return {"lags": lags}
 

@@ -145,7 +145,7 @@ PROJECTIONS = {
     "RUN_IN_WORKER": env_bool("PROJECTIONS_RUN_IN_WORKER", True),
     "BATCH_SIZE": env_int("PROJECTIONS_BATCH_SIZE", 5000, minimum=1, maximum=100_000),
     # After a batch's first record, how long a projector waits for more before applying them.
-    "LINGER_MS": env_int("PROJECTIONS_LINGER_MS", 20, minimum=0, maximum=1000),
+    "LINGER_MS": env_int("PROJECTIONS_LINGER_MS", 10, minimum=0, maximum=1000),
     # How long a read with ?min_version= waits for the read model before answering stale.
     "READ_YOUR_WRITES_WAIT_SECONDS": env_float("PROJECTIONS_READ_YOUR_WRITES_WAIT_SECONDS", 2.0, maximum=30.0),
     # After a rebuild switches over, the old generation's rows are kept this long for reads

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, ClassVar, Sequence
 
-from django.db import DatabaseError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.db.models import F
 
 from ..eventstore import get_event_store
@@ -117,6 +117,10 @@ class ProjectionEngine:
         self.stream_types = frozenset(projector_cls.stream_types)
         self.handled = projector_cls.handled_types()
         self.position = self._read_position(create=True)
+        # Each stream's applied version (and hold) as committed by this engine: valid as long as
+        # the fence holds (any other writer moves the revision, and `resync` forgets it all).
+        self._known: dict[str, tuple[int, int | None]] = {}
+        self._pending: dict[str, tuple[int, int | None]] = {}
 
     # --- the checkpoint ---------------------------------------------------------------
 
@@ -137,6 +141,7 @@ class ProjectionEngine:
         if position is None:
             raise Fenced(f"projector {self.name} generation {self.generation} no longer exists (a rebuild replaced it)")
         self.position = position
+        self._known.clear()
         return position
 
 
@@ -156,18 +161,45 @@ class ProjectionEngine:
         the checkpoint since this engine last wrote it."""
         events = [e for e in events if self._follows(e)]
         position = self.position
-        with transaction.atomic():
-            result = self._apply_guarded(events)
-            offsets = {**position.offsets, **(next_offsets or {})}
-            if before_checkpoint is not None:
-                before_checkpoint()
-            # The fence: written only if nobody moved the checkpoint since this engine's last
-            # batch; otherwise everything of this batch is rolled back. (Checked last, so the
-            # row is locked only from here to the commit.)
-            self._write_checkpoint(offsets, position.events_applied + result.applied, result.last_recorded_at,
-                                   expect=position.revision)
+        offsets = {**position.offsets, **(next_offsets or {})}
+        self._pending = {}
+        try:
+            with transaction.atomic():
+                result = self._apply(events)
+                self._checkpoint(position, offsets, result)
+        except _REFUSED as exc:
+            self._pending = {}
+            # The database refused something the batch writes (a value too long for a column,
+            # say): again stream by stream, and the streams it refuses become dead letters, so
+            # one bad stream never stops the projector. (No savepoint on the usual path: it
+            # would cost every batch two round trips.)
+            logger.warning("projector %s: the database refused a batch (%s); applying it stream by stream",
+                           self.name, _first_line(exc))
+            try:
+                with transaction.atomic():
+                    result = self._apply_stream_by_stream(events)
+                    self._checkpoint(position, offsets, result)
+            except BaseException:
+                self._pending = {}
+                raise
+        except BaseException:
+            self._pending = {}
+            raise
         self.position = _Position(offsets, position.events_applied + result.applied, position.revision + 1)
+        if len(self._known) > 200_000:  # bounded memory; a miss costs one query
+            self._known.clear()
+        self._known.update(self._pending)
+        self._pending = {}
         return result
+
+    def _checkpoint(self, position: _Position, offsets: dict, result: BatchResult) -> None:
+        if before_checkpoint is not None:
+            before_checkpoint()
+        # The fence: written only if nobody moved the checkpoint since this engine's last batch;
+        # otherwise everything of this batch is rolled back. (Checked last, so the row is locked
+        # only from here to the commit.)
+        self._write_checkpoint(offsets, position.events_applied + result.applied, result.last_recorded_at,
+                               expect=position.revision)
 
     def _follows(self, stored: StoredEvent) -> bool:
         try:
@@ -177,25 +209,18 @@ class ProjectionEngine:
                          self.name, stored.metadata.stream_id[:200])
             return False
 
-    def _apply_guarded(self, events: Sequence[StoredEvent]) -> BatchResult:
-        """The batch, in a savepoint; if the database refuses what it writes (a value too long
-        for a column, say), each stream again on its own, and the streams it refuses for become
-        dead letters: one bad stream never stops the projector."""
-        try:
-            with transaction.atomic():
-                return self._apply(events)
-        except DatabaseError as exc:
-            logger.warning("projector %s: the database refused a batch (%s); applying it stream by stream",
-                           self.name, _first_line(exc))
+    def _apply_stream_by_stream(self, events: Sequence[StoredEvent]) -> BatchResult:
         total = BatchResult()
         by_stream: dict[str, list[StoredEvent]] = {}
         for stored in events:
             by_stream.setdefault(stored.metadata.stream_id, []).append(stored)
         for sid, group in by_stream.items():
+            pending = dict(self._pending)
             try:
                 with transaction.atomic():
                     part = self._apply(group)
-            except DatabaseError as exc:
+            except _REFUSED as exc:
+                self._pending = pending  # what the rolled-back savepoint wrote is not there
                 first = self._first_new(sid, group)
                 if first is None:
                     continue
@@ -237,13 +262,20 @@ class ProjectionEngine:
             raise Fenced(f"projector {self.name} generation {self.generation} "
                          + ("was moved by another process" if exists else "no longer exists (a rebuild replaced it)"))
 
-    def _progress(self, stream_ids, lock: bool = False) -> dict[str, tuple[int, int | None]]:
+    def _progress(self, stream_ids, lock: bool = False, cached: bool = False) -> dict[str, tuple[int, int | None]]:
+        found = {}
+        if cached:
+            found = {sid: self._known[sid] for sid in stream_ids if sid in self._known}
+            stream_ids = [sid for sid in stream_ids if sid not in found]
+        if not stream_ids:
+            return found
         rows = StreamProgress.objects.filter(projector=self.name, generation=self.generation,
                                              stream_id__in=list(stream_ids))
         if lock:
             rows = rows.select_for_update()
-        return {sid: (version, held) for sid, version, held in rows.values_list("stream_id", "version",
-                                                                                "held_at_version")}
+        for sid, version, held in rows.values_list("stream_id", "version", "held_at_version"):
+            found[sid] = (version, held)
+        return found
 
     def _plan(self, events: Sequence[StoredEvent], progress: dict) -> tuple[list[StoredEvent], int, int, dict]:
         """The events to apply, in order: duplicates dropped, gaps filled from the mirror; a gap
@@ -294,7 +326,7 @@ class ProjectionEngine:
         result = BatchResult()
         if not events:
             return result
-        progress = self._progress({e.metadata.stream_id for e in events}, lock=bool(release))
+        progress = self._progress({e.metadata.stream_id for e in events}, lock=bool(release), cached=not release)
         held = {sid for sid, (_, at) in progress.items() if at is not None and sid not in release}
         # A held stream waits as it is: nothing of it is planned, decoded or applied.
         waiting = [e for e in events if e.metadata.stream_id in held]
@@ -364,6 +396,8 @@ class ProjectionEngine:
             if not created:
                 DeadLetter.objects.filter(pk=letter.pk).update(
                     error=failure.error[:4000], attempts=letter.attempts + 1, last_failed_at=now, resolved_at=None)
+        for sid, row in rows.items():
+            self._pending[sid] = (row.version, row.held_at_version)
         if rows:
             StreamProgress.objects.bulk_create(
                 list(rows.values()), update_conflicts=True, unique_fields=["projector", "generation", "stream_id"],
@@ -400,11 +434,18 @@ class ProjectionEngine:
                 self._write_checkpoint(position.offsets, position.events_applied + result.applied, None,
                                        expect=position.revision)
             self.position = _Position(position.offsets, position.events_applied + result.applied, position.revision + 1)
+            self._known.pop(sid, None)
+            self._pending = {}
             if result.dead_letters:
                 still += 1
             else:
                 released += 1
         return released, still
+
+
+# What the database answers to a value it cannot store (not a lost connection or a deadlock,
+# which are retried as they are, never made dead letters).
+_REFUSED = (DataError, IntegrityError)
 
 
 def _first_line(exc: BaseException) -> str:
