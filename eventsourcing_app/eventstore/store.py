@@ -10,13 +10,15 @@ are handed to Kafka; whatever Kafka has not acknowledged stays in the outbox for
 from __future__ import annotations
 
 import logging
+import random
 import re
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Literal, Sequence
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
 from ..domain.events import DomainEvent
 from ..observability import current_actor, current_causation_id, current_correlation_id
@@ -50,6 +52,7 @@ _BAD_METADATA = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _KAFKA_FIXED_OVERHEAD = 512
 _KEY_ATTEMPTS = 3
 _TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+_DEADLOCK_ATTEMPTS = 4
 
 
 class EventStore:
@@ -126,6 +129,20 @@ class EventStore:
         return result
 
     def _record(self, stream_id, stream_type, expected, pending, new_key, subject_keys) -> AppendOutcome:
+        # Outside a caller's transaction the append is a transaction of its own: one the
+        # database broke as a deadlock stored nothing and is simply made again (the acknowledgement
+        # recorder takes event rows before stream rows, appends the other way round).
+        own_transaction = not connections[self.recorder.alias].in_atomic_block
+        for attempt in range(_DEADLOCK_ATTEMPTS if own_transaction else 1):
+            try:
+                return self._record_once(stream_id, stream_type, expected, pending, new_key, subject_keys)
+            except TransientStoreError:
+                if attempt + 1 >= (_DEADLOCK_ATTEMPTS if own_transaction else 1):
+                    raise
+                time.sleep(random.uniform(0.001, 0.005) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _record_once(self, stream_id, stream_type, expected, pending, new_key, subject_keys) -> AppendOutcome:
         try:
             return self.recorder.append(stream_id, stream_type, expected, pending, new_key, subject_keys)
         except OperationalError as exc:
