@@ -539,6 +539,51 @@ def check_ready(stack: Stack, base: str) -> bool:
     return ok
 
 
+def check_api(stack: Stack, base: str, login: dict) -> bool:
+    """The demo parent's children through the API, once the worker's projectors have them."""
+    url = f"{base}/api/v1/children/"
+    last: list[tuple[int | None, str]] = []
+
+    def answered() -> bool:
+        request = urllib.request.Request(url, headers={"Authorization": f"Token {login['token']}"})
+        try:
+            with urllib.request.urlopen(request, timeout=3) as response:
+                last[:] = [(response.status, response.read(2000).decode(errors="replace"))]
+        except urllib.error.HTTPError as exc:
+            last[:] = [(exc.code, exc.read(300).decode(errors="replace"))]
+        except OSError as exc:
+            last[:] = [(None, str(exc))]
+        return last[0][0] == 200 and last[0][1].strip() not in ("", "[]")
+
+    ok = wait_until(stack, answered, READY_TIMEOUT)
+    status, body = last[0] if last else (None, "no answer")
+    if ok:
+        say(f"API OK: GET {url} as {login['email']} -> {status} {body[:160]}...")
+        ok = check_docs_page(base)
+    else:
+        say(f"API FAILED after {READY_TIMEOUT:.0f}s: GET {url} as {login['email']} -> {status or 'no answer'} "
+            f"{body[:300]} (see the worker's log: its projection threads feed the read models)")
+    return ok
+
+
+def check_docs_page(base: str) -> bool:
+    """/api/docs/ and the script it loads, served by the app itself (nothing from the internet)."""
+    try:
+        with urllib.request.urlopen(f"{base}/api/docs/", timeout=5) as response:
+            page = response.read().decode(errors="replace")
+        script = re.search(r'src="(/static/[^"]*swagger-ui-bundle[^"]*)"', page)
+        if script is None:
+            say("API docs FAILED: /api/docs/ does not load its script from /static/")
+            return False
+        with urllib.request.urlopen(base + script.group(1), timeout=5) as response:
+            size = len(response.read())
+    except (OSError, ValueError) as exc:
+        say(f"API docs FAILED: {exc}")
+        return False
+    say(f"API docs OK: {base}/api/docs/ with {script.group(1)} ({size:,} bytes) served locally")
+    return True
+
+
 def watch(stack: Stack) -> int:
     """Blocks until Ctrl-C/SIGTERM (returns 0 via Stopping) or a child dies (returns 1)."""
     while True:
@@ -620,7 +665,10 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
     health = wait_for_web(stack, base, port)
 
     if args.check:
-        return 0 if check_ready(stack, base) else 1
+        ok = check_ready(stack, base)
+        if ok and login and not args.no_worker:
+            ok = check_api(stack, base, login)
+        return 0 if ok else 1
     print_banner(base, credentials, login, health, kafka_is_embedded)
     return watch(stack)
 
