@@ -128,6 +128,30 @@ class _Refused(Exception):
         self.outcome = outcome
 
 
+def lock_path_beside_database(alias: str, what: str) -> Path:
+    """A lock file beside the SQLite database file (or in /tmp for an in-memory one)."""
+    name = str(connections[alias].settings_dict.get("NAME") or "eventstore")
+    if name in ("", ":memory:") or "mode=memory" in name:
+        return Path("/tmp") / f"teddy-eventstore.{what}.lock"
+    return Path(f"{name}.{what}.lock")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[bool]:
+    """Yields True while this process holds an exclusive lock on the file, False if another
+    does. It cannot expire under its holder and goes away with the process."""
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def row_to_stored_event(stream_id: str, row: Sequence, subject_key: KeyMaterial | None = None) -> StoredEvent:
     (position, event_id, version, event_type, schema_version, occurred_at, correlation_id,
      causation_id, actor, data_subject, payload, chain_hash, topic, partition, offset) = row[:15]
@@ -610,19 +634,8 @@ class DjangoRecorder:
         """One relay (or refill) at a time across processes: yields False if another holds it.
         Here a lock on a file beside the SQLite database: it cannot expire under its holder and
         goes away with the process."""
-        name = str(connections[self.alias].settings_dict.get("NAME") or "eventstore")
-        path = Path(name + ".relay.lock") if name not in ("", ":memory:") and "mode=memory" not in name \
-            else Path("/tmp") / "teddy-eventstore.relay.lock"
-        with open(path, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(lock_path_beside_database(self.alias, "relay")) as held:
+            yield held
 
     def oldest_transaction_start(self) -> datetime:
         """The database's now, or the start of an older transaction still in flight."""

@@ -15,14 +15,13 @@ needed as a safety net because the loop never stops polling.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import threading
-from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
 
+from ..eventstore.recorders import file_lock, lock_path_beside_database
 from ..kafka.config import KafkaSettings
 from .models import ProjectorState
 from .projectors import PROJECTORS
@@ -50,17 +49,8 @@ def projector_lock(name: str):
                 with contextlib.suppress(Exception), connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [PROJECTOR_LOCK_CLASS, name])
         return
-    path = Path(str(connection.settings_dict.get("NAME") or "/tmp/teddy") + f".projector-{name}.lock")
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(lock_path_beside_database(connection.alias, f"projector-{name}")) as held:
+        yield held
 
 
 def _is_active(name: str, generation: int) -> bool:
