@@ -26,6 +26,7 @@ class ConversationsProjector(Projector):
     stream_types = ("conversation", "child")
     description = "per conversation: start, end, duration, messages by speaker, flags, summary; talk time per day"
     models = (ConversationView, TalkTime)
+    clear_fields_only = frozenset({"MessageRecorded"})  # counted by speaker; the text is not needed
 
     def __init__(self, generation, keyring) -> None:
         super().__init__(generation, keyring)
