@@ -129,6 +129,7 @@ class ProjectionEngine:
         # the fence holds (any other writer moves the revision, and `resync` forgets it all).
         self._known: dict[str, tuple[int, int | None]] = {}
         self._pending: dict[str, tuple[int, int | None]] = {}
+        self._unreadable: list[tuple[str, int, str]] = []
 
     # --- the checkpoint ---------------------------------------------------------------
 
@@ -163,11 +164,15 @@ class ProjectionEngine:
 
     # --- a batch ------------------------------------------------------------------------
 
-    def apply_batch(self, events: Sequence[StoredEvent], next_offsets: dict[str, int] | None = None) -> BatchResult:
+    def apply_batch(self, events: Sequence[StoredEvent], next_offsets: dict[str, int] | None = None,
+                    unreadable: Sequence[tuple[str, int, str]] = ()) -> BatchResult:
         """Applies `events` (in the order read) and records `next_offsets` ("topic:partition" ->
         next offset to read), all in one transaction. Raises Fenced if another process moved
-        the checkpoint since this engine last wrote it."""
+        the checkpoint since this engine last wrote it. `unreadable`: Kafka records of the batch
+        that are no events of this store, (partition, offset, error), kept as dead letters in the
+        same transaction, so that none is passed over without a trace."""
         events = [e for e in events if self._follows(e)]
+        self._unreadable = list(unreadable)
         position = self.position
         offsets = {**position.offsets, **(next_offsets or {})}
         self._pending = {}
@@ -201,6 +206,7 @@ class ProjectionEngine:
         return result
 
     def _checkpoint(self, position: _Position, offsets: dict, result: BatchResult) -> None:
+        self._record_unreadable()
         if before_checkpoint is not None:
             before_checkpoint()
         # The fence: written only if nobody moved the checkpoint since this engine's last batch;
@@ -256,6 +262,15 @@ class ProjectionEngine:
             if missing:
                 return missing[0]
         return fresh[0]
+
+    def _record_unreadable(self) -> None:
+        now = datetime.now(timezone.utc)
+        for where, offset, error in self._unreadable:
+            logger.error("projector %s: %s", self.name, error)
+            DeadLetter.objects.get_or_create(
+                projector=self.name, generation=self.generation, stream_id=f"kafka:{where}", version=offset,
+                defaults={"event_id": "", "event_type": "(unreadable record)", "error": error[:4000],
+                          "first_failed_at": now, "last_failed_at": now, "resolved_at": now})
 
     def _write_checkpoint(self, offsets: dict, events_applied: int, last_recorded_at: datetime | None, *,
                           expect: int) -> None:

@@ -12,18 +12,16 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from django.db import transaction
 
 from ..eventstore.errors import MalformedEventError
 from ..kafka.config import KafkaSettings
 from ..kafka.reader import stored_event_from_message
 from .engine import BatchResult, Fenced, ProjectionEngine, Projector
-from .models import DeadLetter, ProjectorState
+from .models import ProjectorState
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +111,11 @@ class ProjectionRunner:
             try:
                 events.append(stored_event_from_message(msg))
             except MalformedEventError as exc:
-                bad.append((msg, str(exc)))
+                bad.append((f"{msg.topic()}[{msg.partition()}]", msg.offset(), str(exc)))
         if not next_offsets:
             return None
         try:
-            result = self.engine.apply_batch(events, next_offsets)
+            result = self.engine.apply_batch(events, next_offsets, unreadable=bad)
         except Fenced as exc:
             logger.info("projector %s: %s; re-reading its positions", self.projector_cls.name, exc)
             self.engine.resync()
@@ -127,8 +125,6 @@ class ProjectionRunner:
             # Nothing of the batch was stored: read it again from the stored positions.
             self.close()
             raise
-        for msg, error in bad:
-            self._record_unreadable(msg, error)
         return result
 
     def _read_batch(self, timeout: float) -> list:
@@ -151,18 +147,6 @@ class ProjectionRunner:
             if left <= 0 or not more:
                 break
         return messages
-
-    def _record_unreadable(self, msg, error: str) -> None:
-        """A Kafka record that is not an event of this store: logged and kept as a dead letter
-        (named by its position) so that it is seen, then passed over."""
-        logger.error("projector %s: %s", self.projector_cls.name, error)
-        now = datetime.now(timezone.utc)
-        with transaction.atomic():
-            DeadLetter.objects.get_or_create(
-                projector=self.projector_cls.name, generation=self.generation,
-                stream_id=f"kafka:{msg.topic()}[{msg.partition()}]", version=msg.offset(),
-                defaults={"event_id": "", "event_type": "(unreadable record)", "error": error[:4000],
-                          "first_failed_at": now, "last_failed_at": now, "resolved_at": now})
 
     @property
     def caught_up(self) -> bool:

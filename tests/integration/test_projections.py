@@ -442,3 +442,35 @@ def test_a_second_writer_on_the_same_generation_is_fenced_off(store):
     second.apply_batch(events, {"t:0": len(events)})
     row = conversation_row(generation, conversation_id)
     assert (row.version, row.child_messages, row.bear_messages) == (len(events), 2, 1)
+
+
+def test_a_record_that_is_no_event_is_kept_as_a_dead_letter_and_passed_over(own_broker):
+    from confluent_kafka import Producer
+
+    from eventsourcing_app.domain import Child
+    from eventsourcing_app.eventstore import build_event_store
+    from eventsourcing_app.eventstore.repository import EventSourcingRepositoryImpl
+    from eventsourcing_app.readside.runner import ProjectionRunner
+
+    _, kafka_settings = own_broker
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers})
+    producer.produce(kafka_settings.event_topic("child"), key=b"child.junk", value=b"not an event")
+    assert producer.flush(10) == 0
+    own_store = build_event_store(kafka_settings=kafka_settings)
+    try:
+        child = Child(id=f"k-{uuid.uuid4().hex[:8]}", parent_id="p-junk", name="Kid", age=6)
+        child.register_child()
+        EventSourcingRepositoryImpl(Child, event_store=own_store, cache=False).save_sync(child)
+        assert own_store.flush(30)
+        generation = scratch_generation()
+        runner = ProjectionRunner(ProfilesProjector, kafka_settings, generation=generation)
+        try:
+            runner.catch_up(timeout=60)
+        finally:
+            runner.close()
+    finally:
+        own_store.publisher.close()
+    letter = DeadLetter.objects.get(projector="profiles", generation=generation)
+    assert letter.event_type == "(unreadable record)" and letter.stream_id.startswith("kafka:")
+    assert "not an event of this store" in letter.error
+    assert ChildProfile.objects.filter(generation=generation, child_id=child.id).exists()
