@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import psycopg
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import Error as DjangoDbError
+from django.db import IntegrityError, connections, transaction
 from django.db.models import Count, F, Max, Min
 from psycopg.types.datetime import TimestamptzLoader
 
@@ -126,6 +127,23 @@ class _Refused(Exception):
 
     def __init__(self, outcome: AppendOutcome):
         self.outcome = outcome
+
+
+@contextlib.contextmanager
+def session_advisory_lock(db, key: int, name: str | None = None) -> Iterator[bool]:
+    """Yields True while this connection holds a PostgreSQL session advisory lock (`key`, or
+    the pair `key` and the hash of `name`), False if another holds it; never waits. It cannot
+    expire under its holder, and PostgreSQL drops it when the holder's connection ends."""
+    args, params = ("%s", [key]) if name is None else ("%s, hashtext(%s)", [key, name])
+    with db.cursor() as cursor:
+        cursor.execute(f"SELECT pg_try_advisory_lock({args})", params)
+        held = cursor.fetchone()[0]
+    try:
+        yield held
+    finally:
+        if held:
+            with contextlib.suppress(DjangoDbError), db.cursor() as cursor:  # a lost connection released it
+                cursor.execute(f"SELECT pg_advisory_unlock({args})", params)
 
 
 def lock_path_beside_database(alias: str, what: str) -> Path:
@@ -1000,16 +1018,8 @@ class PostgresRecorder(DjangoRecorder):
     def relay_lock(self) -> Iterator[bool]:
         """A session advisory lock: it cannot expire under its holder, and PostgreSQL drops it
         when the holder's connection ends (a killed worker never leaves it behind)."""
-        db = self.connection()
-        with db.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RELAY_LOCK_ID])
-            held = cursor.fetchone()[0]
-        try:
+        with session_advisory_lock(self.connection(), _RELAY_LOCK_ID) as held:
             yield held
-        finally:
-            if held:
-                with contextlib.suppress(DatabaseError), db.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [_RELAY_LOCK_ID])
 
     def outbox_heads(self, grace_seconds: float, limit: int, stream_types: Sequence[str] | None = None,
                      held: Sequence[str] = ()) -> list[str]:

@@ -21,7 +21,7 @@ import threading
 from django.conf import settings
 from django.db import connection
 
-from ..eventstore.recorders import file_lock, lock_path_beside_database
+from ..eventstore.recorders import file_lock, lock_path_beside_database, session_advisory_lock
 from ..kafka.config import KafkaSettings
 from .models import ProjectorState
 from .projectors import PROJECTORS
@@ -39,17 +39,10 @@ _stop = threading.Event()
 def projector_lock(name: str):
     """Yields True while this thread holds the projector's lock (False: another holds it)."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [PROJECTOR_LOCK_CLASS, name])
-            held = cursor.fetchone()[0]
-        try:
-            yield held
-        finally:
-            if held:
-                with contextlib.suppress(Exception), connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [PROJECTOR_LOCK_CLASS, name])
-        return
-    with file_lock(lock_path_beside_database(connection.alias, f"projector-{name}")) as held:
+        lock = session_advisory_lock(connection, PROJECTOR_LOCK_CLASS, name)
+    else:
+        lock = file_lock(lock_path_beside_database(connection.alias, f"projector-{name}"))
+    with lock as held:
         yield held
 
 
