@@ -100,7 +100,7 @@ class ParentView(APIView):
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
 
-    def wait_for_writes(self, own_stream: str | None = None, min_version: int | None = None):
+    def wait_for_writes(self, own_stream: str | None = None, min_version: int | None = None) -> None:
         """Read-your-writes: ?min_version= (the resource's own stream) or the X-Min-Version header."""
         header = self.request.headers.get(MIN_VERSION_HEADER)
         stream, version = None, None
@@ -114,7 +114,6 @@ class ParentView(APIView):
         if stream is not None and not selectors.stream_is_mine(self.parent_id, stream):
             stream = version = None  # another family's stream: no wait, and nothing said about it
         self.freshness = selectors.wait_for(self.projector, stream, version)
-        return self.freshness
 
     def finalize_response(self, request, response, *args, **kwargs):
         """Every answer after a read-your-writes wait says how far the read model is, errors too
@@ -126,10 +125,6 @@ class ParentView(APIView):
             if freshness.stale:
                 response["X-Read-Model-Stale"] = "true"
         return response
-
-    @staticmethod
-    def respond(data, freshness=None, status_code=200) -> Response:
-        return Response(data, status=status_code)
 
     @staticmethod
     def command_result(result, status_code=200) -> Response:
@@ -173,9 +168,9 @@ class ChildrenView(ParentView):
     @extend_schema(parameters=[MIN_VERSION_PARAMETER], responses={200: s.FamilyChildSerializer(many=True)},
                    tags=["children"], summary="Your children, with consent state and open alerts")
     def get(self, request):
-        freshness = self.wait_for_writes()
+        self.wait_for_writes()
         rows = selectors.family_children(self.parent_id).order_by("registered_at", "child_id")
-        return self.respond(selectors.present_family_children(list(rows[:500])), freshness)
+        return Response(selectors.present_family_children(list(rows[:500])))
 
     @extend_schema(request=s.RegisterChildSerializer, responses={201: s.CommandResultSerializer}, tags=["children"],
                    summary="Register a child (with your consent)")
@@ -202,13 +197,13 @@ class ChildDetailView(ParentView):
                    summary="A child's profile (now, or as of a version or time)")
     def get(self, request, child_id: str):
         options = self.query(s.ProfileQuerySerializer, request)
-        freshness = self.wait_for_writes(f"child.{child_id}", options.get("min_version"))
+        self.wait_for_writes(f"child.{child_id}", options.get("min_version"))
         if "version" in options or "as_of" in options:
             selectors.require_own_child(self.parent_id, child_id)
             child = get_event_sourcing_service().load_aggregate_sync(
                 Child, child_id, version=options.get("version"), as_of=options.get("as_of"))
-            return self.respond(selectors.profile_from_aggregate(child), freshness)
-        return self.respond(selectors.child_profile(self.parent_id, child_id), freshness)
+            return Response(selectors.profile_from_aggregate(child))
+        return Response(selectors.child_profile(self.parent_id, child_id))
 
     @extend_schema(request=s.ProfileChangesSerializer, responses={200: s.CommandResultSerializer}, tags=["children"],
                    summary="Change a child's profile (name, age, interests, language)")
@@ -272,13 +267,12 @@ class ChildConversationsView(ParentView):
                    summary="A child's conversations, newest first")
     def get(self, request, child_id: str):
         period = self.query(s.PeriodQuerySerializer, request)
-        freshness = self.wait_for_writes()
+        self.wait_for_writes()
         selectors.require_own_child(self.parent_id, child_id)
         paginator = ConversationPage()
         rows = paginator.paginate_queryset(selectors.conversations_of(child_id, period.get("since"),
                                                                       period.get("until")), request, view=self)
-        response = paginator.get_paginated_response(selectors.present_conversations(rows))
-        return self.respond(response.data, freshness)
+        return paginator.get_paginated_response(selectors.present_conversations(rows))
 
 
 class TalkTimeView(ParentView):
@@ -289,7 +283,7 @@ class TalkTimeView(ParentView):
     def get(self, request, child_id: str):
         period = self.query(s.PeriodQuerySerializer, request)
         selectors.require_own_child(self.parent_id, child_id)
-        return self.respond(selectors.talk_minutes(child_id, period.get("since"), period.get("until"))[:366])
+        return Response(selectors.talk_minutes(child_id, period.get("since"), period.get("until"))[:366])
 
 
 class ConversationDetailView(ParentView):
@@ -299,9 +293,9 @@ class ConversationDetailView(ParentView):
                    responses={200: s.ConversationSerializer}, tags=["conversations"], summary="One conversation")
     def get(self, request, conversation_id: str):
         options = self.query(s.ReadOptionsSerializer, request)
-        freshness = self.wait_for_writes(f"conversation.{conversation_id}", options.get("min_version"))
+        self.wait_for_writes(f"conversation.{conversation_id}", options.get("min_version"))
         row = selectors.conversation_row(self.parent_id, conversation_id)
-        return self.respond(selectors.present_conversations([row])[0], freshness)
+        return Response(selectors.present_conversations([row])[0])
 
 
 # --- alerts and timeline ----------------------------------------------------------------
@@ -318,12 +312,11 @@ class AlertsView(ParentView):
                    summary="Safety alerts of your children, newest first")
     def get(self, request):
         options = self.query(s.AlertQuerySerializer, request)
-        freshness = self.wait_for_writes()
+        self.wait_for_writes()
         paginator = AlertPage()
         rows = paginator.paginate_queryset(selectors.alerts_of(self.parent_id, options.get("state")), request,
                                            view=self)
-        response = paginator.get_paginated_response([selectors.present_alert(r) for r in rows])
-        return self.respond(response.data, freshness)
+        return paginator.get_paginated_response([selectors.present_alert(r) for r in rows])
 
 
 class AcknowledgeAlertView(ParentView):
@@ -347,10 +340,9 @@ class TimelineView(ParentView):
                    summary="What happened to a child, newest first")
     def get(self, request, child_id: str):
         options = self.query(s.ReadOptionsSerializer, request)
-        freshness = self.wait_for_writes(f"child.{child_id}", options.get("min_version"))
+        self.wait_for_writes(f"child.{child_id}", options.get("min_version"))
         selectors.require_own_child(self.parent_id, child_id)
         paginator = TimelinePage()
         rows = paginator.paginate_queryset(selectors.timeline_of(self.parent_id, child_id), request, view=self)
-        response = paginator.get_paginated_response([selectors.present_timeline(r) for r in rows])
-        return self.respond(response.data, freshness)
+        return paginator.get_paginated_response([selectors.present_timeline(r) for r in rows])
 

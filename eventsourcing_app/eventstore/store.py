@@ -132,15 +132,13 @@ class EventStore:
         # Outside a caller's transaction the append is a transaction of its own: one the
         # database broke as a deadlock stored nothing and is simply made again (the acknowledgement
         # recorder takes event rows before stream rows, appends the other way round).
-        own_transaction = not connections[self.recorder.alias].in_atomic_block
-        for attempt in range(_DEADLOCK_ATTEMPTS if own_transaction else 1):
+        attempts = 1 if connections[self.recorder.alias].in_atomic_block else _DEADLOCK_ATTEMPTS
+        for attempt in range(1, attempts):
             try:
                 return self._record_once(stream_id, stream_type, expected, pending, new_key, subject_keys)
             except TransientStoreError:
-                if attempt + 1 >= (_DEADLOCK_ATTEMPTS if own_transaction else 1):
-                    raise
-                time.sleep(random.uniform(0.001, 0.005) * (attempt + 1))
-        raise AssertionError("unreachable")
+                time.sleep(random.uniform(0.001, 0.005) * attempt)
+        return self._record_once(stream_id, stream_type, expected, pending, new_key, subject_keys)
 
     def _record_once(self, stream_id, stream_type, expected, pending, new_key, subject_keys) -> AppendOutcome:
         try:

@@ -93,7 +93,6 @@ class BatchResult:
     filled: int = 0  # versions taken from the mirror to close a gap
     dead_letters: int = 0
     rows_written: int = 0
-    last_recorded_at: datetime | None = None
 
 
 @dataclass
@@ -212,8 +211,7 @@ class ProjectionEngine:
         # The fence: written only if nobody moved the checkpoint since this engine's last batch;
         # otherwise everything of this batch is rolled back. (Checked last, so the row is locked
         # only from here to the commit.)
-        self._write_checkpoint(offsets, position.events_applied + result.applied, result.last_recorded_at,
-                               expect=position.revision)
+        self._write_checkpoint(offsets, position.events_applied + result.applied, expect=position.revision)
 
     def _follows(self, stored: StoredEvent) -> bool:
         try:
@@ -246,9 +244,6 @@ class ProjectionEngine:
             total.filled += part.filled
             total.dead_letters += part.dead_letters
             total.rows_written += part.rows_written
-            if part.last_recorded_at and (total.last_recorded_at is None or part.last_recorded_at >
-                                          total.last_recorded_at):
-                total.last_recorded_at = part.last_recorded_at
         return total
 
     def _first_new(self, sid: str, group: list[StoredEvent]) -> StoredEvent | None:
@@ -272,12 +267,9 @@ class ProjectionEngine:
                 defaults={"event_id": "", "event_type": "(unreadable record)", "error": error[:4000],
                           "first_failed_at": now, "last_failed_at": now, "resolved_at": now})
 
-    def _write_checkpoint(self, offsets: dict, events_applied: int, last_recorded_at: datetime | None, *,
-                          expect: int) -> None:
+    def _write_checkpoint(self, offsets: dict, events_applied: int, *, expect: int) -> None:
         changes = {"offsets": offsets, "events_applied": events_applied, "updated_at": datetime.now(timezone.utc),
                    "revision": F("revision") + 1}
-        if last_recorded_at is not None:
-            changes["last_event_recorded_at"] = last_recorded_at
         written = ProjectorCheckpoint.objects.filter(projector=self.name, generation=self.generation,
                                                      revision=expect).update(**changes)
         if not written:
@@ -368,7 +360,7 @@ class ProjectionEngine:
             live = [(s, e) for s, e in decoded if not self._blocked(s, failed)]
             projector.prepare([e for _, e in live if e is not None and e is not _UNDECODABLE])
             versions: dict[str, int] = {}
-            applied, last_recorded = 0, None
+            applied = 0
             try:
                 for stored, event in live:
                     meta = stored.metadata
@@ -379,14 +371,12 @@ class ProjectionEngine:
                             raise _Failed(_Failure(stored, f"{type(exc).__name__}: {exc}")) from exc
                     versions[meta.stream_id] = meta.version
                     applied += 1
-                    if last_recorded is None or meta.timestamp > last_recorded:
-                        last_recorded = meta.timestamp
             except _Failed as failed_event:
                 failure = failed_event.failure
                 failed[failure.stored.metadata.stream_id] = failure
                 continue
             break
-        result.applied, result.last_recorded_at = applied, last_recorded
+        result.applied = applied
         result.rows_written = projector.flush()
         self._write_progress(versions, failed, release)
         result.dead_letters = len(failed)
@@ -457,7 +447,7 @@ class ProjectionEngine:
                     still += 1
                     continue
                 result = self._apply(events, release=frozenset({sid}))
-                self._write_checkpoint(position.offsets, position.events_applied + result.applied, None,
+                self._write_checkpoint(position.offsets, position.events_applied + result.applied,
                                        expect=position.revision)
             self.position = _Position(position.offsets, position.events_applied + result.applied, position.revision + 1)
             self._known.pop(sid, None)

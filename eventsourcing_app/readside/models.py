@@ -41,7 +41,6 @@ class ProjectorCheckpoint(models.Model):
     # Moved by every batch: a batch writes only if the revision is still the one it started
     # from (another process wrote meanwhile: it is refused, and re-reads its positions).
     revision = models.BigIntegerField(default=0)
-    last_event_recorded_at = models.DateTimeField(null=True, blank=True)
     caught_up_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(null=True, blank=True)
 

@@ -202,9 +202,11 @@ def rebuild(name: str, *, source: str = "auto", kafka_settings: KafkaSettings | 
         _replay_mirror(cls, new, kafka_settings, done, progress)
     runner = ProjectionRunner(cls, kafka_settings, generation=new, batch_size=settings.PROJECTIONS["BATCH_SIZE"])
     try:
-        kafka_part = runner.catch_up(progress=lambda c: progress(CatchUp(done.events + c.events,
-                                                                          done.batches + c.batches))
-                                     if progress else None)
+        def kafka_progress(part: CatchUp) -> None:  # counted on from the mirror's part
+            if progress is not None:
+                progress(CatchUp(done.events + part.events, done.batches + part.batches))
+
+        kafka_part = runner.catch_up(progress=kafka_progress)
         done.events += kafka_part.events
         # The switch: the API reads the new generation from now on; the worker's runner of the
         # old one notices within seconds and moves over.

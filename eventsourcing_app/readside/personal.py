@@ -22,19 +22,20 @@ class SubjectKeyRing:
 
     def __init__(self, subjects: Iterable[str]) -> None:
         self._keys_store = get_subject_keys()
-        wanted = sorted(set(subjects))
-        materials = self._keys_store.read_materials(wanted) if wanted else {}
-        self.materials = materials
+        self.materials = {}
         self._keys = {}
-        for subject in wanted:
+        self._read(sorted(set(subjects)))
+
+    def _read(self, subjects: list[str]) -> None:
+        materials = self._keys_store.read_materials(subjects) if subjects else {}
+        self.materials.update(materials)
+        for subject in subjects:
             material = materials.get(subject)
             self._keys[subject] = None if material is None else self._keys_store.key_for_reading(subject, material)
 
     def key(self, subject: str):
         if subject not in self._keys:
-            more = SubjectKeyRing([subject])
-            self._keys.update(more._keys)
-            self.materials.update(more.materials)
+            self._read([subject])
         return self._keys[subject]
 
     def material(self, subject: str):

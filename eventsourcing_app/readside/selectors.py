@@ -16,6 +16,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db.models import Q, Sum
 
+from ..eventstore.serialization import parse_stream_id
 from .engine import wait_for_version
 from .models import (
     ChildProfile, ConversationView, FamilyChild, ProjectorState, SafetyAlert, TalkTime, TimelineEntry,
@@ -60,10 +61,10 @@ def stream_is_mine(parent_id: str, stream_id: str) -> bool:
     from ..eventstore import get_event_sourcing_service
     from ..eventstore.errors import EventStoreError
 
-    kind, _, aggregate_id = stream_id.partition(".")
-    if kind == "parent":
-        return aggregate_id == parent_id
     try:
+        kind, aggregate_id = parse_stream_id(stream_id)
+        if kind == "parent":
+            return aggregate_id == parent_id
         if kind == "conversation":
             row = ConversationView.objects.filter(generation=generation("conversations"),
                                                   conversation_id=aggregate_id).values_list("child_id", flat=True)
@@ -73,7 +74,7 @@ def stream_is_mine(parent_id: str, stream_id: str) -> bool:
                 child_id = conversation.child_id
             kind, aggregate_id = "child", str(child_id)
         if kind == "child":
-            if aggregate_id in owned_child_ids(parent_id):
+            if owns_child(parent_id, aggregate_id):
                 return True
             child = get_event_sourcing_service().load_aggregate_sync(Child, aggregate_id, version=1)
             return child.parent_id == parent_id
@@ -98,9 +99,14 @@ def family_children(parent_id: str):
                                       registered_at__isnull=False)
 
 
-def owned_child_ids(parent_id: str) -> list[str]:
-    return list(ChildProfile.objects.filter(generation=generation("profiles"), parent_id=parent_id)
-                .values_list("child_id", flat=True))
+def owned_children(parent_id: str):
+    """The ids of the parent's children, as a subquery (one statement with what uses it)."""
+    return ChildProfile.objects.filter(generation=generation("profiles"), parent_id=parent_id).values("child_id")
+
+
+def owns_child(parent_id: str, child_id: str) -> bool:
+    return ChildProfile.objects.filter(generation=generation("profiles"), parent_id=parent_id,
+                                       child_id=child_id).exists()
 
 
 def present_family_children(rows) -> list[dict]:
@@ -143,8 +149,7 @@ def child_profile(parent_id: str, child_id: str) -> dict:
 
 
 def require_own_child(parent_id: str, child_id: str) -> None:
-    if not ChildProfile.objects.filter(generation=generation("profiles"), parent_id=parent_id,
-                                       child_id=child_id).exists():
+    if not owns_child(parent_id, child_id):
         raise NotFound(f"you have no child {child_id}")
 
 
@@ -176,7 +181,7 @@ def conversations_of(child_id: str, since: datetime | None = None, until: dateti
 def conversation_row(parent_id: str, conversation_id: str) -> ConversationView:
     row = ConversationView.objects.filter(generation=generation("conversations"),
                                           conversation_id=conversation_id).first()
-    if row is None or row.child_id not in owned_child_ids(parent_id):
+    if row is None or not owns_child(parent_id, row.child_id):
         raise NotFound(f"you have no conversation {conversation_id}")
     return row
 
@@ -209,7 +214,7 @@ def talk_minutes(child_id: str, since=None, until=None) -> list[dict]:
 # --- alerts and timeline ----------------------------------------------------------------
 
 def alerts_of(parent_id: str, state: str | None = None):
-    rows = SafetyAlert.objects.filter(generation=generation("alerts"), child_id__in=owned_child_ids(parent_id))
+    rows = SafetyAlert.objects.filter(generation=generation("alerts"), child_id__in=owned_children(parent_id))
     if state is not None:
         rows = rows.filter(state=state)
     return rows
@@ -221,7 +226,7 @@ def alert_row(parent_id: str, alert_id: str) -> SafetyAlert:
         raise NotFound(f"you have no alert {alert_id} (alert ids are <conversation id>.<flag number>)")
     row = SafetyAlert.objects.filter(generation=generation("alerts"), conversation_id=conversation_id,
                                      flag_number=int(number)).first()
-    if row is None or row.child_id not in owned_child_ids(parent_id):
+    if row is None or not owns_child(parent_id, row.child_id):
         raise NotFound(f"you have no alert {alert_id}")
     return row
 
