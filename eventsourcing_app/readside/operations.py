@@ -50,19 +50,23 @@ class ProjectorStatus:
         return out
 
 
-def _lag(name: str, generation: int, stream_types) -> tuple[int, float | None]:
-    """Events of the mirror not applied yet by the generation, and the age of the oldest one.
-    Counted from the mirror, per stream (not from Kafka watermarks, which a broker may misreport)."""
+def _behind(name: str, generation: int, stream_types, join: str = "") -> tuple[str, list]:
+    """FROM/WHERE of the streams of these types that the generation has not applied to the end
+    (counted from the mirror, per stream; not from Kafka watermarks, which a broker may misreport)."""
     marks = ", ".join(["%s"] * len(stream_types))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT COALESCE(SUM(s.version - COALESCE(p.version, 0)), 0), MIN(e.recorded_at) "
-            "FROM eventstore_stream s "
-            "LEFT JOIN readside_stream_progress p ON p.stream_id = s.stream_id AND p.projector = %s "
-            "AND p.generation = %s "
-            "LEFT JOIN eventstore_event e ON e.stream_id = s.stream_id AND e.version = COALESCE(p.version, 0) + 1 "
+    return ("FROM eventstore_stream s LEFT JOIN readside_stream_progress p ON p.stream_id = s.stream_id "
+            f"AND p.projector = %s AND p.generation = %s {join} "
             f"WHERE s.stream_type IN ({marks}) AND s.version > COALESCE(p.version, 0)",
             [name, generation, *stream_types])
+
+
+def _lag(name: str, generation: int, stream_types) -> tuple[int, float | None]:
+    """Events of the mirror not applied yet by the generation, and the age of the oldest one."""
+    behind, params = _behind(name, generation, stream_types, join="LEFT JOIN eventstore_event e ON "
+                             "e.stream_id = s.stream_id AND e.version = COALESCE(p.version, 0) + 1")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COALESCE(SUM(s.version - COALESCE(p.version, 0)), 0), MIN(e.recorded_at) {behind}",
+                       params)
         events, oldest = cursor.fetchone()
     if isinstance(oldest, str):  # SQLite
         oldest = datetime.fromisoformat(oldest)
@@ -101,16 +105,11 @@ def overdue_projectors(limit_seconds: float, generations: dict[str, int] | None 
     overdue = []
     with connection.cursor() as cursor:
         for name, cls in PROJECTORS.items():
-            marks = ", ".join(["%s"] * len(cls.stream_types))
             state = (generations or {}).get(name) or ProjectorState.objects.filter(name=name).values_list(
                 "active_generation", flat=True).first() or 1
-            cursor.execute(
-                "SELECT 1 FROM eventstore_stream s LEFT JOIN readside_stream_progress p ON p.stream_id = s.stream_id "
-                "AND p.projector = %s AND p.generation = %s "
-                f"WHERE s.stream_type IN ({marks}) AND s.version > COALESCE(p.version, 0) AND s.updated_at < %s "
-                "AND p.held_at_version IS NULL LIMIT 1",
-                [name, state, *cls.stream_types,
-                 datetime.now(timezone.utc) - timedelta(seconds=limit_seconds)])
+            behind, params = _behind(name, state, cls.stream_types)
+            cursor.execute(f"SELECT 1 {behind} AND s.updated_at < %s AND p.held_at_version IS NULL LIMIT 1",
+                           [*params, datetime.now(timezone.utc) - timedelta(seconds=limit_seconds)])
             if cursor.fetchone():
                 overdue.append(name)
     return overdue, DeadLetter.objects.filter(resolved_at__isnull=True).count()

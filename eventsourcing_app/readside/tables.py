@@ -21,6 +21,7 @@ class Table:
         self.keyring = keyring
         self.rows: dict[tuple, dict] = {}
         self.dirty: set[tuple] = set()
+        self._indexes: dict[str, dict] = {}  # field -> value -> keys, made by `of` when first asked
         self.fields = [f.attname for f in model._meta.concrete_fields if f.attname != "id"]
         self.has_personal = "personal" in self.fields
 
@@ -39,18 +40,30 @@ class Table:
                 continue
             if self.has_personal:
                 row["personal"] = self.keyring.open(row["personal"], child_subject(row["child_id"]), self.context(key))
-            self.rows[key] = row
+            self._add(key, row)
 
     def get(self, *key) -> dict | None:
         return self.rows.get(key)
 
     def of(self, field: str, value) -> list[dict]:
-        return [row for row in self.rows.values() if row[field] == value]
+        """The loaded rows whose `field` is `value` (indexed: a batch asks once per event)."""
+        index = self._indexes.get(field)
+        if index is None:
+            index = self._indexes[field] = {}
+            for key, row in self.rows.items():
+                index.setdefault(row[field], []).append(key)
+        return [self.rows[key] for key in index.get(value, ())]
+
+    def _add(self, key: tuple, row: dict) -> None:
+        if key not in self.rows:
+            for field, index in self._indexes.items():
+                index.setdefault(row[field], []).append(key)
+        self.rows[key] = row
 
     def put(self, row: dict) -> dict:
         row["generation"] = self.generation
         key = tuple(row[f] for f in self.key_fields)
-        self.rows[key] = row
+        self._add(key, row)
         self.dirty.add(key)
         return row
 

@@ -474,3 +474,16 @@ def test_a_record_that_is_no_event_is_kept_as_a_dead_letter_and_passed_over(own_
     assert letter.event_type == "(unreadable record)" and letter.stream_id.startswith("kafka:")
     assert "not an event of this store" in letter.error
     assert ChildProfile.objects.filter(generation=generation, child_id=child.id).exists()
+
+
+def test_the_projections_command_reports_and_refuses_bad_names(capsys):
+    from django.core.management import CommandError, call_command
+
+    call_command("projections", "status", "--json")
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(PROJECTORS)
+    assert all(isinstance(r["lag_events"], int) and r["lag_events"] >= 0 for r in rows)
+    for args in (["rebuild", "nope"], ["rebuild"], ["rebuild", "profiles", "--all"], ["retry-dead-letters", "nope"]):
+        with pytest.raises(CommandError) as refused:
+            call_command("projections", *args)
+        assert "profiles" in str(refused.value)  # names the projectors there are
