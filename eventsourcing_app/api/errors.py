@@ -78,7 +78,9 @@ def _response(status: int, code: str, message: str, fields=None, headers=None) -
 def exception_handler(exc, context):
     if isinstance(exc, ReadNotFound):
         return _response(404, "not_found", str(exc))
-    if isinstance(exc, (app_errors.PermissionDenied, app_errors.NotFound, AggregateNotFoundError, Http404)):
+    if isinstance(exc, AggregateNotFoundError):  # a version or time of the caller's own child (checked first)
+        return _response(404, "not_found", str(exc))
+    if isinstance(exc, (app_errors.PermissionDenied, app_errors.NotFound, Http404)):
         return _response(404, "not_found", "not found: it does not exist or it is not one of your family's")
     if isinstance(exc, app_errors.ApplicationError):
         return _response(exc.http_status, _snake(type(exc).__name__), str(exc))

@@ -66,6 +66,12 @@ class Page(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 100
 
+    def get_page_size(self, request):
+        asked = request.query_params.get(self.page_size_query_param)
+        if asked is not None and not (asked.isascii() and asked.isdigit() and 1 <= int(asked) <= self.max_page_size):
+            raise ValidationError({self.page_size_query_param: [f"give a whole number from 1 to {self.max_page_size}"]})
+        return super().get_page_size(request)
+
 
 class ParentView(APIView):
     permission_classes = [IsParentAccount]

@@ -679,3 +679,14 @@ def test_forged_ids_and_cursors_are_client_errors(world):
     forged = base64.b64encode(b"p=not-a-time").decode()
     response = api.get(f"/api/v1/children/{world['owner'].child_id}/conversations/", {"cursor": forged})
     assert_error(response, 400, "invalid")
+
+
+def test_bad_query_values_are_client_errors_naming_what_was_wrong(world):
+    api = client_for(world["owner"].token)
+    child = world["owner"].child_id
+    error = assert_error(api.get(f"/api/v1/children/{child}/conversations/", {"page_size": "abc"}), 400, "invalid")
+    assert "page_size" in error["fields"]
+    error = assert_error(api.get(f"/api/v1/children/{child}/", {"version": 99999}), 404, "not_found")
+    assert "no version 99999" in error["message"]
+    error = assert_error(api.get(f"/api/v1/children/{child}/", {"as_of": "2000-01-01T00:00:00Z"}), 404, "not_found")
+    assert "had no events" in error["message"]
