@@ -8,7 +8,8 @@ Event rows never change once written, except for the Kafka position columns that
 where the event was published. A database trigger enforces this (see migrations), and the
 ORM refuses too.
 
-Beside it, `ParentAccount`: which Django user logs in as which parent.
+Beside it, `ParentAccount`: which Django user logs in as which parent, and `AccessRecord`:
+the compliance admin's access log.
 """
 from __future__ import annotations
 
@@ -277,6 +278,68 @@ class ParentAccount(models.Model):
 
     def __str__(self) -> str:
         return f"user {self.user_id} = parent {self.parent_id}"
+
+
+
+class AccessRecordQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise ImmutableEventError("the access log is append-only: its records cannot be changed")
+
+    def delete(self):
+        raise ImmutableEventError("the access log is append-only: its records cannot be deleted")
+
+    delete.queryset_only = True
+
+
+class AccessRecord(models.Model):
+    """One use of the compliance admin that must be answerable later: a reveal of personal
+    data, an export, an erasure, an integrity check. Append-only (a database trigger refuses
+    UPDATE and DELETE); written by application/compliance.py only."""
+
+    ACTIONS = [("reveal", "reveal"), ("export", "export"), ("erase", "erase"), ("verify", "verify")]
+
+    at = models.DateTimeField(db_index=True)
+    user_id = models.BigIntegerField(help_text="The staff user (kept as a number: deleting a user keeps the record).")
+    username = models.CharField(max_length=150)
+    action = models.CharField(max_length=10, choices=ACTIONS)
+    scope = models.CharField(max_length=20, help_text="event, stream, correlation, events (a filtered list), "
+                                                      "subject or store")
+    target = models.CharField(max_length=500, help_text="What was reached: an event, a stream, a child, a filter.")
+    reason = models.TextField()
+    correlation_id = models.CharField(max_length=100)
+    decrypted = models.BooleanField(default=False, help_text="Whether personal values were shown or exported in clear.")
+    export_format = models.CharField(max_length=10, blank=True, default="")
+    event_count = models.BigIntegerField(default=0)
+    up_to_position = models.BigIntegerField(null=True, blank=True,
+                                            help_text="The export covered the events matching the target up to here.")
+    event_ids = models.JSONField(default=list, blank=True, help_text="The events revealed (reveals only).")
+    outcome = models.TextField(blank=True, default="")
+
+    objects = AccessRecordQuerySet.as_manager()
+
+    class Meta:
+        db_table = "compliance_access_record"
+        verbose_name = "access log record"
+        permissions = [
+            ("reveal_personal_data", "Can reveal children's and parents' personal data in the audit trail"),
+            ("export_audit_trail", "Can export events (personal fields masked unless also allowed to reveal)"),
+            ("export_data_subject", "Can export everything held about a child"),
+            ("erase_child", "Can erase a child's personal data"),
+            ("verify_integrity", "Can run the integrity check"),
+        ]
+        # Serves "every record about child.x" (a prefix search) on PostgreSQL too.
+        indexes = [models.Index(fields=["target"], name="compliance_access_target", opclasses=["varchar_pattern_ops"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.scope} {self.target} by {self.username} at {self.at:%Y-%m-%d %H:%M:%S} UTC"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ImmutableEventError("the access log is append-only: its records cannot be changed")
+        super().save(*args, force_insert=True)
+
+    def delete(self, *args, **kwargs):
+        raise ImmutableEventError("the access log is append-only: its records cannot be deleted")
 
 
 # The read side's tables live with their projectors; Django finds them through this module.

@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # the API docs page's assets, served locally
     "eventsourcing_app",
+    "axes",  # limits failed admin logins
 ]
 
 MIDDLEWARE = [
@@ -43,7 +44,25 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "eventsourcing_app.observability.CorrelationIdMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a locked-out login into a 429 page
 ]
+
+# The admin is the compliance audit trail: failed logins are limited per user name and
+# address (django-axes, only on the admin's login), sessions end when idle or when the
+# browser closes.
+AUTHENTICATION_BACKENDS = [
+    "eventsourcing_app.admin.security.AdminLoginLimitBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ONLY_ADMIN_SITE = True
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=100)
+AXES_COOLOFF_TIME = env_float("ADMIN_LOGIN_COOLOFF_HOURS", 0.25, minimum=0.01, maximum=720.0)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+SESSION_COOKIE_AGE = env_int("SESSION_IDLE_SECONDS", 1800, minimum=60, maximum=7 * 24 * 3600)
+SESSION_SAVE_EVERY_REQUEST = True  # the age counts from the last request: an idle session ends
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 
 ROOT_URLCONF = "teddy_project.urls"
 WSGI_APPLICATION = "teddy_project.wsgi.application"
@@ -110,7 +129,9 @@ KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", r
 KAFKA_TOPIC_PREFIX = env_str("KAFKA_TOPIC_PREFIX", "", r"[A-Za-z0-9._\-]{0,100}")
 KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 12, minimum=1, maximum=10000)
 KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 1, minimum=1, maximum=10)
-KAFKA_EVENT_RETENTION_MS = env_int("KAFKA_EVENT_RETENTION_MS", -1, minimum=-1)
+# retention.ms of the event topics (365 days) and the snapshot topics (90 days); -1: for ever.
+KAFKA_EVENT_RETENTION_MS = env_int("KAFKA_EVENT_RETENTION_MS", 31_536_000_000, minimum=-1)
+KAFKA_SNAPSHOT_RETENTION_MS = env_int("KAFKA_SNAPSHOT_RETENTION_MS", 7_776_000_000, minimum=-1)
 KAFKA_COMPRESSION = env_str("KAFKA_COMPRESSION", "lz4", r"none|gzip|snappy|lz4|zstd")
 KAFKA_MESSAGE_TIMEOUT_MS = env_int("KAFKA_MESSAGE_TIMEOUT_MS", 10000, minimum=1000)
 KAFKA_PUBLISH_ENABLED = env_bool("KAFKA_PUBLISH_ENABLED", True)

@@ -1,0 +1,215 @@
+"""The admin's actions on the audit trail, each a confirmation page (GET) and the act (POST):
+export, erasure of a child, integrity verification. The rules and the access log are the
+application layer's (application/compliance.py); these views parse, call and render."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+
+from django.contrib import messages
+from django.contrib.admin.utils import unquote
+from django.http import Http404, StreamingHttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.views import View
+
+from ..application import audit, compliance
+from ..application.actors import Actor
+from ..application.errors import ApplicationError
+from ..application.privacy import export_child_data, streams_of_child
+from ..domain.child import ERASURE_REASONS
+from ..models import Event, SubjectKey
+
+
+class AdminActionView(View):
+    model_admin = None
+    template = ""
+
+    def render(self, request, status=200, **context):
+        base = {**self.model_admin.admin_site.each_context(request), "opts": self.model_admin.model._meta,
+                "may_reveal": compliance.may(request.user, "reveal_personal_data"), **context}
+        return TemplateResponse(request, self.template, base, status=status)
+
+
+# --- export ---------------------------------------------------------------------------
+
+def _csv_lines(rows, columns):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    yield buffer.getvalue()
+    for row in rows:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow([json.dumps(row[c], ensure_ascii=False, sort_keys=True) if isinstance(row[c], (dict, list))
+                         else "" if row[c] is None else row[c] for c in columns])
+        yield buffer.getvalue()
+
+
+def _json_lines(head: dict, rows, key="events"):
+    """One JSON document, written as it is read (an export of millions of events never sits in memory)."""
+    opening = json.dumps(head, ensure_ascii=False, default=str)[:-1]
+    yield opening + (", " if head else "") + json.dumps(key) + ": [\n"
+    first = True
+    for row in rows:
+        yield ("" if first else ",\n") + json.dumps(row, ensure_ascii=False, default=str)
+        first = False
+    yield "\n]}\n"
+
+
+def download(rows, columns, export_format: str, name: str, head: dict):
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
+    if export_format == "csv":
+        response = StreamingHttpResponse(_csv_lines(rows, columns), content_type="text/csv; charset=utf-8")
+    else:
+        response = StreamingHttpResponse(_json_lines(head, rows), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{safe}-{stamp}.{export_format}"'
+    return response
+
+
+class ExportView(AdminActionView):
+    """Events of a stream, a correlation chain or any filtered list (the event list's own
+    filters and search, from the query string); or everything held about a child."""
+
+    template = "admin/eventsourcing_app/export_confirm.html"
+    subject = False
+
+    def scope_of(self, request, object_id=None):
+        if self.subject:
+            key = SubjectKey.objects.filter(pk=unquote(object_id)).first()
+            if key is None or not key.subject.startswith("child:"):
+                raise Http404(f"no child {unquote(object_id)!r}")
+            child_id = key.subject.split(":", 1)[1]
+            streams = streams_of_child(child_id)
+            return "subject", f"child.{child_id}", Event.objects.filter(stream_id__in=streams), child_id
+        params = {k: v for k, v in request.GET.items() if k not in ("after", "before")}
+        changelist = self.model_admin.get_changelist_instance(request)
+        if set(params) == {"stream"}:
+            scope, target = "stream", params["stream"]
+        elif set(params) == {"correlation_id"}:
+            scope, target = "correlation", params["correlation_id"]
+        else:
+            scope, target = "events", "&".join(f"{k}={v}" for k, v in sorted(params.items())) or "all events"
+        return scope, target, changelist.queryset, None
+
+    def get(self, request, object_id=None):
+        scope, target, queryset, _ = self.scope_of(request, object_id)
+        return self.render(request, title=f"Export: {scope} {target}", scope=scope, target=target,
+                           count=queryset.count(), subject=self.subject)
+
+    def post(self, request, object_id=None):
+        scope, target, queryset, child_id = self.scope_of(request, object_id)
+        export_format = request.POST.get("format", "")
+        decrypted = self.subject or request.POST.get("decrypt") == "on"
+        up_to = queryset.order_by("-position").values_list("position", flat=True).first()
+        count = queryset.count()
+        try:
+            compliance.grant_export(request.user, scope=scope, target=target, export_format=export_format,
+                                    reason=request.POST.get("reason"), decrypted=decrypted, event_count=count,
+                                    up_to_position=up_to)
+        except ApplicationError as exc:
+            return self.render(request, status=exc.http_status, title=f"Export: {scope} {target}", scope=scope,
+                               target=target, count=count, subject=self.subject, error=str(exc))
+        queryset = queryset.filter(position__lte=up_to or 0)
+        head = {"scope": scope, "target": target, "exported_by": request.user.get_username(),
+                "exported_at": datetime.now(timezone.utc).isoformat(), "decrypted": decrypted,
+                "events_up_to_position": up_to}
+        if child_id is not None and export_format == "json":
+            head["subject_access_export"] = export_child_data(actor=Actor.staff(request.user.pk), child_id=child_id)
+        rows = audit.iter_export_rows(queryset, reveal=decrypted)
+        return download(rows, audit.EXPORT_COLUMNS, export_format, f"{scope}-{target}", head)
+
+
+class AccessLogExportView(AdminActionView):
+    template = "admin/eventsourcing_app/export_confirm.html"
+    COLUMNS = ("id", "at", "username", "user_id", "action", "scope", "target", "reason", "correlation_id",
+               "decrypted", "export_format", "event_count", "up_to_position", "event_ids", "outcome")
+
+    def get(self, request):
+        queryset = self.model_admin.get_changelist_instance(request).queryset
+        return self.render(request, title="Export the access log", scope="access log", target="access log",
+                           count=queryset.count(), access_log=True)
+
+    def post(self, request):
+        queryset = self.model_admin.get_changelist_instance(request).queryset
+        export_format = request.POST.get("format", "")
+        try:
+            compliance.grant_export(request.user, scope="access-log", target=request.GET.urlencode() or "all",
+                                    export_format=export_format, reason=request.POST.get("reason"),
+                                    decrypted=False, event_count=queryset.count(), up_to_position=None)
+        except ApplicationError as exc:
+            return self.render(request, status=exc.http_status, title="Export the access log", scope="access log",
+                               target="access log", count=queryset.count(), access_log=True, error=str(exc))
+        rows = ({c: (v.isoformat() if isinstance(v, datetime) else v) for c, v in zip(self.COLUMNS, values)}
+                for values in queryset.order_by("id").values_list(*self.COLUMNS).iterator(chunk_size=2000))
+        return download(rows, self.COLUMNS, export_format, "access-log", {"scope": "access log"})
+
+
+# --- erasure --------------------------------------------------------------------------
+
+class EraseView(AdminActionView):
+    template = "admin/eventsourcing_app/erase_confirm.html"
+
+    def child_of(self, object_id):
+        key = SubjectKey.objects.filter(pk=unquote(object_id)).first()
+        if key is None or not key.subject.startswith("child:"):
+            raise Http404(f"no child {unquote(object_id)!r}")
+        return key, key.subject.split(":", 1)[1]
+
+    def get(self, request, object_id):
+        key, child_id = self.child_of(object_id)
+        return self.render(request, title=f"Erase the personal data of child {child_id}", key=key, child_id=child_id,
+                           reasons=ERASURE_REASONS,
+                           may_erase=compliance.may(request.user, "erase_child"))
+
+    def post(self, request, object_id):
+        key, child_id = self.child_of(object_id)
+        try:
+            report = compliance.erase_child(request.user, child_id=child_id, typed_child_id=request.POST.get("child_id"),
+                                            reason_code=request.POST.get("reason_code", ""),
+                                            note=request.POST.get("note"))
+        except ApplicationError as exc:
+            return self.render(request, status=exc.http_status, title=f"Erase the personal data of child {child_id}",
+                               key=key, child_id=child_id, reasons=ERASURE_REASONS, error=str(exc),
+                               may_erase=compliance.may(request.user, "erase_child"))
+        messages.success(request, f"Erased: {report}")
+        return redirect("admin:eventsourcing_app_subjectkey_change", object_id)
+
+
+# --- integrity ------------------------------------------------------------------------
+
+class VerifyView(AdminActionView):
+    template = "admin/eventsourcing_app/verify.html"
+    scope = "store"
+
+    def target_of(self, object_id):
+        if self.scope == "store":
+            return ""
+        name = unquote(object_id)
+        if self.scope == "subject":
+            if not name.startswith("child:"):
+                raise Http404(f"no child {name!r}")
+            return name.split(":", 1)[1]
+        return name
+
+    def get(self, request, object_id=None):
+        target = self.target_of(object_id)
+        return self.render(request, title=f"Verify the integrity of {self.scope} {target}".strip(), scope=self.scope,
+                           target=target, may_verify=compliance.may(request.user, "verify_integrity"))
+
+    def post(self, request, object_id=None):
+        target = self.target_of(object_id)
+        title = f"Verify the integrity of {self.scope} {target}".strip()
+        try:
+            result = compliance.verify(request.user, scope=self.scope, target=target)
+        except ApplicationError as exc:
+            return self.render(request, status=exc.http_status, title=title, scope=self.scope, target=target,
+                               error=str(exc), may_verify=compliance.may(request.user, "verify_integrity"))
+        return self.render(request, title=title, scope=self.scope, target=target, result=result,
+                           problems=result.report.problems[:50], may_verify=True)
+
+
+__all__ = ["AccessLogExportView", "EraseView", "ExportView", "VerifyView"]

@@ -1,0 +1,222 @@
+"""What every audit page shares: nothing editable, keyset pages, and filters that cost no scan.
+
+Read-only means for everyone, superusers too: every add, delete and history URL and every
+POST to a change URL answers 403 with a page that says why (a response, not an exception,
+so the console shows one line, not a traceback).
+
+Keyset pages: the changelist asks for one page plus one row after the last key shown
+(`?after=`) or before the first (`?before=`); never COUNT(*), never OFFSET.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, time, timezone
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
+
+AFTER, BEFORE = "after", "before"
+CURSOR_PARAMS = (AFTER, BEFORE)
+
+
+def refused(request, model_admin, what: str) -> TemplateResponse:
+    context = {**model_admin.admin_site.each_context(request), "opts": model_admin.model._meta, "what": what,
+               "title": "Not allowed"}
+    return TemplateResponse(request, "admin/eventsourcing_app/refused.html", context, status=403)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    actions = None
+    change_form_template = "admin/eventsourcing_app/readonly_change_form.html"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def add_view(self, request, form_url="", extra_context=None):
+        return refused(request, self, "The audit trail is written by the event store only: nothing can be added here.")
+
+    def delete_view(self, request, object_id, extra_context=None):
+        return refused(request, self, "The audit trail is immutable: nothing can be deleted, by anyone.")
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if request.method not in ("GET", "HEAD"):
+            return refused(request, self, "The audit trail is immutable: nothing can be changed, by anyone.")
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method not in ("GET", "HEAD"):
+            return refused(request, self, "The audit trail is immutable: there are no actions that change it.")
+        return super().changelist_view(request, extra_context)
+
+    def history_view(self, request, object_id, extra_context=None):
+        # Django's history is of admin edits, and there are none: an object's history is its events.
+        from django.shortcuts import redirect
+        from django.urls import reverse
+
+        opts = self.model._meta
+        return redirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id]))
+
+
+# --- keyset pages ------------------------------------------------------------------------
+
+class KeysetChangeList(ChangeList):
+    def get_filters_params(self, params=None):
+        params = super().get_filters_params(params)
+        for name in CURSOR_PARAMS:
+            params.pop(name, None)
+        return params
+
+    def get_query_string(self, new_params=None, remove=None):
+        # A link that changes a filter or the search starts from the first page again.
+        new_params = dict(new_params or {})
+        for name in CURSOR_PARAMS:
+            new_params.setdefault(name, None)
+        return super().get_query_string(new_params, remove)
+
+    def get_ordering(self, request, queryset):
+        key, descending = self.model_admin.keyset
+        return [f"-{key}" if descending else key]
+
+    def _cursor(self, request, name):
+        raw = request.GET.get(name)
+        if raw in (None, ""):
+            return None
+        key, _ = self.model_admin.keyset
+        try:
+            return self.model._meta.get_field(key).to_python(raw)
+        except ValidationError:
+            raise IncorrectLookupParameters(f"{name}={raw!r} is not a {key}") from None
+
+    def get_results(self, request):
+        key, descending = self.model_admin.keyset
+        after, before = self._cursor(request, AFTER), self._cursor(request, BEFORE)
+        qs = self.queryset
+        older, newer = ("lt", "gt") if descending else ("gt", "lt")
+        per_page = self.list_per_page
+        if before is not None:
+            qs = qs.filter(**{f"{key}__{newer}": before}).order_by(key if descending else f"-{key}")
+        elif after is not None:
+            qs = qs.filter(**{f"{key}__{older}": after})
+        rows = list(qs[:per_page + 1])
+        more = len(rows) > per_page
+        rows = rows[:per_page]
+        if before is not None:
+            rows.reverse()
+            self.has_newer, self.has_older = more, True
+        else:
+            self.has_newer, self.has_older = after is not None, more
+        self.result_list = rows
+        self.result_count = len(rows)
+        self.full_result_count = None
+        self.show_full_result_count = False
+        self.show_admin_actions = False
+        self.can_show_all = False
+        self.multi_page = False
+        self.paginator = None
+        first = getattr(rows[0], key) if rows else None
+        last = getattr(rows[-1], key) if rows else None
+        self.newer_url = self.get_query_string({BEFORE: first}) if self.has_newer and rows else ""
+        self.older_url = self.get_query_string({AFTER: last}) if self.has_older and rows else ""
+
+
+class KeysetAdmin(ReadOnlyAdmin):
+    """`keyset = (field, descending)`: a unique, indexed field the pages walk along."""
+
+    keyset: tuple[str, bool] = ("pk", True)
+    change_list_template = "admin/eventsourcing_app/keyset_change_list.html"
+    show_full_result_count = False
+    sortable_by = ()
+    list_per_page = 100
+
+    def get_changelist(self, request, **kwargs):
+        return KeysetChangeList
+
+
+# --- filters ----------------------------------------------------------------------------
+
+class TextFilter(admin.ListFilter):
+    """An exact value typed into a box (actor, correlation id, ...): no list of choices, so no
+    DISTINCT over the events table to build one."""
+
+    parameter_name = ""
+    template = "admin/eventsourcing_app/text_filter.html"
+    placeholder = ""
+
+    def __init__(self, request, params, model, model_admin):
+        super().__init__(request, params, model, model_admin)
+        value = params.pop(self.parameter_name, None)
+        if isinstance(value, list):
+            value = value[-1] if value else None
+        self.value = (value or "").strip()
+
+    def has_output(self):
+        return True
+
+    def expected_parameters(self):
+        return [self.parameter_name]
+
+    def queryset(self, request, queryset):
+        return self.filter(queryset, self.value) if self.value else queryset
+
+    def filter(self, queryset, value):
+        return queryset.filter(**{self.parameter_name: value})
+
+    def choices(self, changelist):
+        keep = [(name, value) for name, value in changelist.params.items()
+                if name not in (self.parameter_name, *CURSOR_PARAMS)]
+        yield {"value": self.value, "parameter": self.parameter_name, "hidden": keep, "placeholder": self.placeholder,
+               "clear": changelist.get_query_string(remove=[self.parameter_name])}
+
+
+class DateRangeFilter(admin.ListFilter):
+    """From and to dates (UTC, both included) on one date field."""
+
+    field = ""
+    title = "date"
+    template = "admin/eventsourcing_app/date_range_filter.html"
+
+    def __init__(self, request, params, model, model_admin):
+        super().__init__(request, params, model, model_admin)
+        self.since_name, self.until_name = f"{self.field}_from", f"{self.field}_to"
+        self.since = self._date(request, params, self.since_name)
+        self.until = self._date(request, params, self.until_name)
+
+    def _date(self, request, params, name):
+        value = params.pop(name, None)
+        if isinstance(value, list):
+            value = value[-1] if value else None
+        if not value:
+            return None
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            messages.error(request, f"{name}={value!r} is not a date like 2026-12-01; that filter is not applied")
+            return None
+
+    def has_output(self):
+        return True
+
+    def expected_parameters(self):
+        return [self.since_name, self.until_name]
+
+    def queryset(self, request, queryset):
+        if self.since:
+            queryset = queryset.filter(**{f"{self.field}__gte": datetime.combine(self.since, time.min, timezone.utc)})
+        if self.until:
+            queryset = queryset.filter(**{f"{self.field}__lt": datetime.combine(self.until, time.max, timezone.utc)})
+        return queryset
+
+    def choices(self, changelist):
+        keep = [(name, value) for name, value in changelist.params.items()
+                if name not in (self.since_name, self.until_name, *CURSOR_PARAMS)]
+        yield {"since_name": self.since_name, "until_name": self.until_name,
+               "since": self.since.isoformat() if self.since else "", "until": self.until.isoformat() if self.until else "",
+               "hidden": keep, "clear": changelist.get_query_string(remove=[self.since_name, self.until_name])}

@@ -1,0 +1,213 @@
+"""The compliance admin's commands: who may do what, and the access log of what was done.
+
+Two groups, made by migration: `compliance` (reads the audit trail with personal fields
+masked, exports it masked, runs integrity checks) and `privacy-officer` (also reveals personal
+data, exports a data subject decrypted and erases a child). What a user may do comes from
+their groups and own permissions only: a superuser gains nothing here by being one.
+
+Every reveal, export, erasure and integrity check is written to the access log
+(`AccessRecord`, append-only) with who, when, why and the request's correlation id; a reveal
+or an export is recorded before anything is shown, so nothing leaves unrecorded.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from django.contrib.auth.models import Permission
+from django.db.models import Q
+
+from ..domain.child import ERASURE_REASONS
+from ..eventstore.errors import IntegrityCheckError
+from ..eventstore.records import StoredEvent
+from ..kafka.config import KafkaSettings
+from ..observability import current_correlation_id
+from ..operations.verify import VerificationReport, verify_integrity
+from .actors import Actor
+from .errors import ApplicationError, PermissionDenied
+from .privacy import ErasureReport, erase_child_data, streams_of_child
+
+logger = logging.getLogger(__name__)
+
+COMPLIANCE_GROUP = "compliance"
+OFFICER_GROUP = "privacy-officer"
+APP_LABEL = "eventsourcing_app"
+AUDIT_MODELS = ("stream", "event", "snapshot", "subjectkey", "accessrecord", "deadletter", "projectorstate")
+GROUP_PERMISSIONS = {
+    COMPLIANCE_GROUP: [f"view_{model}" for model in AUDIT_MODELS] + ["export_audit_trail", "verify_integrity"],
+}
+GROUP_PERMISSIONS[OFFICER_GROUP] = GROUP_PERMISSIONS[COMPLIANCE_GROUP] + [
+    "reveal_personal_data", "export_data_subject", "erase_child"]
+
+REASON_MIN, REASON_MAX = 5, 2000
+
+
+class ReasonRequired(ApplicationError):
+    """A reveal, export or erasure without a usable reason."""
+
+
+def grants(user) -> frozenset[str]:
+    """The user's permission codenames in this app, from their groups and their own, never
+    from being a superuser (one query per request, kept on the user object)."""
+    cached = getattr(user, "_compliance_grants", None)
+    if cached is not None:
+        return cached
+    if not (user.is_authenticated and user.is_active and user.is_staff):
+        codenames: frozenset[str] = frozenset()
+    else:
+        codenames = frozenset(Permission.objects.filter(content_type__app_label=APP_LABEL).filter(
+            Q(group__user=user) | Q(user=user)).values_list("codename", flat=True))
+    user._compliance_grants = codenames
+    return codenames
+
+
+def may(user, codename: str) -> bool:
+    return codename in grants(user)
+
+
+def require(user, codename: str, what: str) -> None:
+    if not may(user, codename):
+        raise PermissionDenied(f"{user.get_username()} may not {what}: that needs the {OFFICER_GROUP!r} group"
+                               if codename in GROUP_PERMISSIONS[OFFICER_GROUP]
+                               and codename not in GROUP_PERMISSIONS[COMPLIANCE_GROUP]
+                               else f"{user.get_username()} may not {what}: that needs the {COMPLIANCE_GROUP!r} group")
+
+
+def clean_reason(reason) -> str:
+    text = (reason or "").strip() if isinstance(reason, str) else ""
+    if len(text) < REASON_MIN:
+        raise ReasonRequired(f"give the reason (at least {REASON_MIN} characters: the request, ticket or order "
+                             "this answers); it is written to the access log")
+    if len(text) > REASON_MAX:
+        raise ReasonRequired(f"the reason is {len(text)} characters long; keep it under {REASON_MAX}")
+    return text
+
+
+def record(user, action: str, scope: str, target: str, *, reason: str = "", decrypted: bool = False,
+           export_format: str = "", event_count: int = 0, up_to_position: int | None = None,
+           event_ids: list[str] | None = None, outcome: str = ""):
+    from ..models import AccessRecord
+
+    entry = AccessRecord(at=datetime.now(timezone.utc), user_id=user.pk, username=user.get_username(), action=action,
+                         scope=scope, target=target[:500], reason=reason, correlation_id=current_correlation_id() or "-",
+                         decrypted=decrypted, export_format=export_format, event_count=event_count,
+                         up_to_position=up_to_position, event_ids=event_ids or [], outcome=outcome)
+    entry.save()
+    logger.info("compliance %s of %s %s by %s (%s)", action, scope, target, entry.username, reason or "no reason given")
+    return entry
+
+
+# --- reveal and export ------------------------------------------------------------------
+
+def reveal(user, events: list[StoredEvent], *, scope: str, target: str, reason) -> str:
+    """Records that `user` sees these events' personal data, before it is shown."""
+    require(user, "reveal_personal_data", "reveal personal data")
+    reason = clean_reason(reason)
+    record(user, "reveal", scope, target, reason=reason, decrypted=True, event_count=len(events),
+           event_ids=[e.event_id for e in events])
+    return reason
+
+
+@dataclass(frozen=True)
+class ExportGrant:
+    decrypted: bool
+    reason: str
+
+
+def grant_export(user, *, scope: str, target: str, export_format: str, reason, decrypted: bool,
+                 event_count: int, up_to_position: int | None) -> ExportGrant:
+    """Checks and records an export before its first byte is sent. A subject's export, and
+    any export in clear, is for privacy officers; compliance exports masked."""
+    if export_format not in ("csv", "json"):
+        raise ApplicationError(f"export format {export_format!r}: choose csv or json")
+    require(user, "export_audit_trail", "export the audit trail")
+    if scope == "subject":
+        require(user, "export_data_subject", "export a data subject")
+    if decrypted:
+        require(user, "reveal_personal_data", "export personal data in clear")
+    reason = clean_reason(reason)
+    record(user, "export", scope, target, reason=reason, decrypted=decrypted, export_format=export_format,
+           event_count=event_count, up_to_position=up_to_position)
+    return ExportGrant(decrypted, reason)
+
+
+# --- erasure ---------------------------------------------------------------------------
+
+def erase_child(user, *, child_id: str, typed_child_id: str, reason_code: str, note) -> ErasureReport:
+    """Erases a child's personal data for a privacy officer: the erasure event carries the
+    officer as actor and this request's correlation id; the access log the note."""
+    require(user, "erase_child", "erase a child's personal data")
+    note = clean_reason(note)
+    if (typed_child_id or "").strip() != child_id:
+        raise ApplicationError(f"type the child id {child_id!r} exactly to confirm the erasure "
+                               f"(you typed {(typed_child_id or '').strip()!r}); nothing was erased")
+    if reason_code not in ERASURE_REASONS:
+        raise ApplicationError(f"erasure reason {reason_code!r}: choose one of {', '.join(ERASURE_REASONS)}")
+    target = f"child.{child_id}"
+    try:
+        report = erase_child_data(actor=Actor.staff(user.pk), child_id=child_id, reason=reason_code)
+    except Exception as exc:
+        record(user, "erase", "subject", target, reason=note, outcome=f"refused: {exc}")
+        raise
+    record(user, "erase", "subject", target, reason=note, event_count=report.encrypted_events, outcome=str(report))
+    return report
+
+
+# --- integrity ------------------------------------------------------------------------
+
+@dataclass
+class IntegrityResult:
+    scope: str
+    target: str
+    report: VerificationReport
+    streams: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    def __str__(self) -> str:
+        r = self.report
+        head = (f"{r.streams} streams, {r.events} events, {r.snapshots} snapshots checked; "
+                f"{r.kafka_checked} events compared with Kafka ({r.unpublished} not yet published)")
+        if r.ok:
+            return f"verified: {head}"
+        return f"NOT VERIFIED: {len(r.problems)} problems, first {r.first_problem}; {head}"
+
+
+def verify(user, *, scope: str, target: str = "") -> IntegrityResult:
+    """Verifies a stream, a child's streams or the whole store (hash chains, snapshots, and the
+    mirror against Kafka) and records that it ran and what it found."""
+    require(user, "verify_integrity", "run the integrity check")
+    kafka = KafkaSettings.from_django()
+    if scope == "stream":
+        streams = [target]
+    elif scope == "subject":
+        streams = streams_of_child(target)
+        if not streams:
+            raise ApplicationError(f"no child {target}: nothing to verify")
+    elif scope == "store":
+        streams = []
+    else:
+        raise ApplicationError(f"integrity check of {scope!r}: choose stream, subject or store")
+    report = VerificationReport()
+    try:
+        if scope == "store":
+            report = verify_integrity(kafka_settings=kafka)
+        else:
+            for stream_id in streams:
+                _merge(report, verify_integrity(stream_id, kafka_settings=kafka))
+    except IntegrityCheckError as exc:
+        raise ApplicationError(str(exc)) from None
+    result = IntegrityResult(scope, target or "everything", report, streams)
+    record(user, "verify", scope, result.target, outcome=str(result))
+    return result
+
+
+def _merge(total: VerificationReport, part: VerificationReport) -> None:
+    for name in ("streams", "events", "unpublished", "kafka_checked", "snapshots"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.chain_breaks += part.chain_breaks
+    total.snapshot_problems += part.snapshot_problems
+    total.kafka_differences += part.kafka_differences
