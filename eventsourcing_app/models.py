@@ -107,6 +107,9 @@ class Event(models.Model):
                          condition=models.Q(correlation_id__isnull=False)),
             models.Index(fields=["causation_id"], name="eventstore_event_causation",
                          condition=models.Q(causation_id__isnull=False)),
+            # "Everything this user did", newest first, as a keyset page.
+            models.Index(fields=["actor", "-position"], name="eventstore_event_actor",
+                         condition=models.Q(actor__isnull=False)),
         ]
 
     def __str__(self) -> str:
