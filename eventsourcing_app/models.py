@@ -260,6 +260,7 @@ class SubjectKey(models.Model):
 
     class Meta:
         db_table = "privacy_subject_key"
+        verbose_name = "data subject"  # the admin lists subjects by their key; the key never shows
 
     def __str__(self) -> str:
         return f"{self.subject} ({'erased' if self.destroyed_at else 'active'})"

@@ -12,12 +12,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 import uuid
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 from django.conf import settings
@@ -25,27 +22,14 @@ from django.core.wsgi import get_wsgi_application
 
 from eventsourcing_app.application.accounts import create_parent_account
 from tests.integration.conftest import REPO, database_url
+from tests.integration.helpers import serve_http
 from tests.kafka_helpers import records_by_stream
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
 def http_server():
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]
-    server = make_server("127.0.0.1", 0, get_wsgi_application(), server_class=_ThreadingServer,
-                         handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serve_http(get_wsgi_application()) as base:
+        yield base
 
 
 def call(base: str, method: str, path: str, token: str | None = None, body: dict | None = None):
