@@ -98,6 +98,22 @@ def record(user, action: str, scope: str, target: str, *, reason: str = "", decr
     return entry
 
 
+def ensure_staff_member(username: str, password: str, group: str):
+    """A staff login in one of the two groups (made if missing; an existing one keeps its
+    password). Returns (user, created)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    if group not in GROUP_PERMISSIONS:
+        raise ApplicationError(f"group {group!r}: choose {COMPLIANCE_GROUP} or {OFFICER_GROUP}")
+    user, created = get_user_model().objects.get_or_create(username=username, defaults={"is_staff": True})
+    if created:
+        user.set_password(password)
+        user.save()
+    user.groups.add(Group.objects.get(name=group))
+    return user, created
+
+
 # --- reveal and export ------------------------------------------------------------------
 
 def reveal(user, events: list[StoredEvent], *, scope: str, target: str, reason) -> str:

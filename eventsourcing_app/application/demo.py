@@ -1,7 +1,8 @@
 """The demo data of the one-command run, written through the command handlers: two families,
 each parent with a login (password DEMO_PASSWORD) and consent for their children, and
 conversations with the bear, two of them with a safety flag: one acknowledged by the parent,
-one still open. Idempotent: what exists (a stream, a login) is left alone.
+one still open; and two staff logins for the compliance admin, one per role. Idempotent:
+what exists (a stream, a login) is left alone.
 
 For local runs only: the demo logins have a published password.
 """
@@ -17,6 +18,7 @@ from ..observability import event_context
 from .accounts import open_parent_account, parent_actor
 from .actors import Actor
 from .children import change_safety_settings, register_child
+from .compliance import COMPLIANCE_GROUP, OFFICER_GROUP, ensure_staff_member
 from .conversations import (
     acknowledge_safety_flag,
     end_conversation,
@@ -28,6 +30,8 @@ from .conversations import (
 from .parents import grant_consent, register_parent
 
 DEMO_PASSWORD = "teddy-demo-2026"
+# The compliance admin's demo logins: user name -> group.
+DEMO_STAFF = {"compliance.demo": COMPLIANCE_GROUP, "officer.demo": OFFICER_GROUP}
 ACTOR = Actor.system("load_demo_data")
 
 
@@ -102,6 +106,7 @@ class DemoLoad:
     streams_created: int = 0
     accounts_created: int = 0
     logins: list[DemoLogin] = field(default_factory=list)
+    staff: dict[str, str] = field(default_factory=dict)  # user name -> group
 
     @property
     def created(self) -> int:
@@ -136,6 +141,10 @@ def load_demo_family() -> DemoLoad:
             if not exists(f"conversation.{conversation.conversation_id}"):
                 _conversation(conversation)
                 report.streams_created += 1
+    for username, group in DEMO_STAFF.items():
+        _, created = ensure_staff_member(username, DEMO_PASSWORD, group)
+        report.accounts_created += created
+    report.staff = dict(DEMO_STAFF)
     store.flush(10)
     report.logins = demo_logins()
     return report

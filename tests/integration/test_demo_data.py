@@ -14,7 +14,7 @@ from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 
 from eventsourcing_app.application import Actor, grant_consent, register_parent
-from eventsourcing_app.application.demo import CONVERSATIONS, DEMO_PASSWORD, PARENTS, load_demo_family
+from eventsourcing_app.application.demo import CONVERSATIONS, DEMO_PASSWORD, DEMO_STAFF, PARENTS, load_demo_family
 from eventsourcing_app.domain import Child, Conversation, Parent
 from eventsourcing_app.eventstore import EventSourcingRepositoryImpl, get_event_sourcing_service
 from eventsourcing_app.models import Event, ParentAccount, Stream
@@ -61,6 +61,14 @@ def test_the_demo_data_is_written_once_with_logins_and_flags(store):
                                                                                                  parent.parent_id)
     sam = ParentAccount.objects.get(parent_id=first.parent_id).user
     assert f"API token of {sam.username}: {Token.objects.get(user=sam).key}" in text
+    # The compliance admin's demo logins, one per role, and they can log in.
+    from django.test import Client
+
+    for username, group in DEMO_STAFF.items():
+        assert f"admin ({group}): {username} / {DEMO_PASSWORD}" in text
+        client = Client()
+        assert client.post("/admin/login/", {"username": username, "password": DEMO_PASSWORD}).status_code == 302
+        assert client.get("/admin/eventsourcing_app/event/").status_code == 200
 
     flags = {}
     for demo in CONVERSATIONS:
