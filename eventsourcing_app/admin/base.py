@@ -115,7 +115,8 @@ class KeysetChangeList(ChangeList):
             self.has_newer, self.has_older = after is not None, more
         self.result_list = rows
         self.result_count = len(rows)
-        self.full_result_count = None
+        # Equal counts keep the search box from claiming "N results" for what is one page.
+        self.full_result_count = self.result_count
         self.show_full_result_count = False
         self.show_admin_actions = False
         self.can_show_all = False
@@ -133,6 +134,7 @@ class KeysetAdmin(ReadOnlyAdmin):
     keyset: tuple[str, bool] = ("pk", True)
     change_list_template = "admin/eventsourcing_app/keyset_change_list.html"
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # facet counts are COUNT(*) per choice
     sortable_by = ()
     list_per_page = 100
 

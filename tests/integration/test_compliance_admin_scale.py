@@ -92,7 +92,7 @@ def test_event_and_stream_pages_stay_index_walks_on_a_million_events(million_eve
     for params in ({"event_type": "test.Rare"}, {"actor": "user:17"}, {"correlation_id": f"scale-{tag}-1000"},
                    {"stream": f"{prefix}42"}, {"q": f"{prefix}42"}, {"q": f"scale-{tag}-1000"},
                    {"occurred_at_from": "2020-01-01", "occurred_at_to": "2020-01-02"}, {"published": "no"},
-                   {"actor": "user:17", "after": "500000"}):
+                   {"actor": "user:17", "after": "500000"}, {"_facets": "True"}):
         response, queries = _page(client, events, params)
         main = [q for q in queries if "FROM \"eventstore_event\"" in q and "LIMIT 101" in q]
         assert len(main) == 1, (params, queries)
