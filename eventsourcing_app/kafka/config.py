@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+DAY_MS = 24 * 60 * 60 * 1000
+# Event topics keep a year of history for consumers; the mirror keeps everything for ever.
+EVENT_RETENTION_MS = 365 * DAY_MS
+# Superseded snapshots go after 90 days (the mirror holds the snapshots that loads use).
+SNAPSHOT_RETENTION_MS = 90 * DAY_MS
+
 
 @dataclass(frozen=True)
 class KafkaSettings:
@@ -17,7 +23,8 @@ class KafkaSettings:
     topic_prefix: str = ""
     partitions: int = 12
     replication_factor: int = 1
-    event_retention_ms: int = -1
+    event_retention_ms: int = EVENT_RETENTION_MS  # -1: for ever
+    snapshot_retention_ms: int = SNAPSHOT_RETENTION_MS  # -1: compaction only
     compression: str = "lz4"
     message_timeout_ms: int = 10000
     max_message_bytes: int = 1_000_000
@@ -34,6 +41,7 @@ class KafkaSettings:
             partitions=settings.KAFKA_TOPIC_PARTITIONS,
             replication_factor=settings.KAFKA_REPLICATION_FACTOR,
             event_retention_ms=settings.KAFKA_EVENT_RETENTION_MS,
+            snapshot_retention_ms=settings.KAFKA_SNAPSHOT_RETENTION_MS,
             compression=settings.KAFKA_COMPRESSION,
             message_timeout_ms=settings.KAFKA_MESSAGE_TIMEOUT_MS,
             stream_types=tuple(settings.EVENTSTORE["STREAM_TYPES"]),
@@ -84,4 +92,11 @@ class KafkaSettings:
         }
 
     def admin_config(self) -> dict:
-        return {"bootstrap.servers": self.bootstrap_servers}
+        # Admin calls report their failures as exceptions, which callers turn into one clear
+        # message; librdkafka's own log lines (a connection refused, every few milliseconds,
+        # on stderr) would only bury it.
+        return {"bootstrap.servers": self.bootstrap_servers, "log_level": QUIET_LOG_LEVEL}
+
+
+# syslog levels: 2 is "critical", so librdkafka's errors (3) and notices stay unprinted.
+QUIET_LOG_LEVEL = 2

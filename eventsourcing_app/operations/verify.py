@@ -5,14 +5,19 @@ over the events table), checks the stream rows agree with their last event, chec
 snapshot's seal against the chain hash at its version, and compares each published event
 with the Kafka record at its recorded position. It names the first stream and version that
 differ. A stream that does not exist is an error, never "verified".
+
+An event whose position lies before its partition's first offset was removed by the topic's
+retention (KAFKA_EVENT_RETENTION_MS): it is counted as expired, not as a difference; the
+mirror keeps it and its hash chain is checked all the same.
 """
 from __future__ import annotations
 
 import itertools
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from ..eventstore.errors import IntegrityCheckError, MalformedEventError
 from ..eventstore.integrity import IntegrityProblem, verify_chain
@@ -33,6 +38,7 @@ class VerificationReport:
     kafka_differences: list[IntegrityProblem] = field(default_factory=list)
     unpublished: int = 0
     kafka_checked: int = 0
+    kafka_expired: int = 0  # published, then removed from Kafka by retention
     snapshots: int = 0
 
     @property
@@ -110,15 +116,38 @@ def _check_streams(recorder: DjangoRecorder, batch: list[tuple[str, list[StoredE
 def _compare_with_kafka(recorder: DjangoRecorder, settings: KafkaSettings, stream_id: str | None,
                         report: VerificationReport) -> None:
     report.unpublished = recorder.unpublished_count(stream_id)
-    for topic, partition in recorder.published_partitions(stream_id):
+    partitions = list(recorder.published_partitions(stream_id))
+    starts = _log_starts(settings, partitions)
+    for topic, partition in partitions:
         mirror = recorder.iter_partition_events(topic, partition, stream_id)
-        _compare_partition(settings, topic, partition, mirror, report)
+        _compare_partition(settings, topic, partition, mirror, report, starts.get((topic, partition), 0))
+
+
+def _log_starts(settings: KafkaSettings, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """Each partition's first offset still held (its low watermark); 0 where it cannot be read."""
+    if not partitions:
+        return {}
+    consumer = Consumer(settings.consumer_config(group_id=f"teddy-verify-{uuid.uuid4()}"))
+    starts = {}
+    try:
+        for topic, partition in partitions:
+            try:
+                starts[(topic, partition)] = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                                            timeout=10)[0]
+            except KafkaException:
+                starts[(topic, partition)] = 0  # the scan then says what it cannot read
+    finally:
+        consumer.close()
+    return starts
 
 
 def _compare_partition(settings: KafkaSettings, topic: str, partition: int, mirror: Iterable[StoredEvent],
-                       report: VerificationReport) -> None:
+                       report: VerificationReport, log_start: int = 0) -> None:
     mirror = iter(mirror)
     first = next(mirror, None)
+    while first is not None and first.kafka_position.offset < log_start:
+        report.kafka_expired += 1
+        first = next(mirror, None)
     if first is None:
         return
     messages: Iterator = iter(())

@@ -203,7 +203,7 @@ def test_snapshots_go_to_a_compacted_topic_keyed_by_stream(service, kafka_settin
     resources = [ConfigResource("topic", kafka_settings.snapshot_topic("child")),
                  ConfigResource("topic", kafka_settings.event_topic("child"))]
     configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
-    assert configs[kafka_settings.snapshot_topic("child")]["cleanup.policy"].value == "compact"
+    assert configs[kafka_settings.snapshot_topic("child")]["cleanup.policy"].value == "compact,delete"
     assert configs[kafka_settings.event_topic("child")]["cleanup.policy"].value == "delete"
 
 
