@@ -5,10 +5,12 @@ from django.core.management.base import BaseCommand, CommandError
 
 from eventsourcing_app.application import Actor, ApplicationError, export_child_data
 from eventsourcing_app.eventstore import EventStoreError
+from eventsourcing_app.operations.preflight import PublishesNothing
 
 
-class Command(BaseCommand):
-    help = "Writes everything held about a child, decrypted, as JSON (a data subject access request)."
+class Command(PublishesNothing, BaseCommand):
+    help = ("Writes everything held about a child, decrypted, as JSON (a data subject access request). Reads the "
+            "database only: it works with Kafka and Redis unreachable.")
 
     def add_arguments(self, parser):
         parser.add_argument("child_id")
