@@ -12,12 +12,15 @@ down again cleanly:
    the Django web server. Each writes to var/logs/<name>.log; warnings and errors are
    echoed to the console.
 4. A banner with the URLs, the admin login and a demo parent's login and API token, then a
-   watch over the children.
+   watch over the children. The stack's environment is written to var/stack.env (mode 0600:
+   it may hold key material), so that `manage.py` commands can be run beside the stack;
+   the file is removed when the stack stops.
 
 Ctrl-C or SIGTERM stops everything in reverse order and exits 0. A child that dies on its
 own stops the whole stack and exits 1, after printing the end of its log. `--check` does
-the start-up, probes /health/ready/, stops and exits 0 or 1: a non-interactive test of
-this very command.
+the start-up, probes /health/ready/, the API and a `manage.py verify_integrity` run with only
+var/stack.env's environment, stops and exits 0 or 1: a non-interactive test of this very
+command.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -48,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # all end up in one place.
 VAR = Path(os.environ.get("TEDDY_DATA_DIR") or ROOT / "var").resolve()
 LOGS = VAR / "logs"
+STACK_ENV = VAR / "stack.env"
 
 STOP_GRACE_SECONDS = 10.0
 WEB_START_TIMEOUT = 60.0
@@ -254,6 +259,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     started: list = field(default_factory=list)  # embedded.Service and Child objects
     echo: LogEcho = field(default_factory=LogEcho)
+    env_file: Path | None = None  # written by this run, removed when it stops
 
     @property
     def children(self) -> list[Child]:
@@ -316,6 +322,82 @@ def start_infrastructure(stack: Stack) -> None:
         say(f"database  from environment: DATABASE_URL={without_password(os.environ['DATABASE_URL'])}")
     else:
         say(f"database  SQLite {shown(VAR / 'teddy.sqlite3')} (settings default)")
+
+
+# --- The environment for commands beside the stack -------------------------------------
+
+def settings_variables() -> set[str]:
+    """The environment variables the settings read: each is read through one of the helpers of
+    teddy_project/env.py, called with the variable's name."""
+    text = (ROOT / "teddy_project" / "settings.py").read_text()
+    return set(re.findall(r"\benv_\w+\(\s*[\"']([A-Z][A-Z0-9_]*)[\"']", text)) | {"DJANGO_SETTINGS_MODULE"}
+
+
+def stack_env_text(env: dict[str, str], names: set[str], notes: list[str] = ()) -> str:
+    """Shell-sourceable `NAME='value'` lines for every one of `names` set in `env`."""
+    lines = ["# The environment of the running stack, for manage.py commands beside it:",
+             f"#   set -a; . {shown(STACK_ENV)}; set +a; .venv/bin/python manage.py verify_integrity",
+             "# Written by scripts/run and removed when it stops. It may hold key material: keep it private.",
+             *(f"# {note}" for note in notes)]
+    lines += [f"{name}={shlex.quote(env[name])}" for name in sorted(names) if env.get(name, "").strip()]
+    return "\n".join(lines) + "\n"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner can read, whole or not at all (a file left by an earlier
+    run keeps no looser mode: a new one replaces it)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def write_stack_env(stack: Stack, key_from_file: bool) -> None:
+    env = {**stack.env, "TEDDY_DATA_DIR": str(VAR)}  # absolute: the same files from any directory
+    notes = []
+    if not env_is_set("DATABASE_URL"):
+        notes.append(f"database: the SQLite file {shown(VAR / 'teddy.sqlite3')} (the settings' default in TEDDY_DATA_DIR)")
+    if key_from_file:
+        notes.append(f"TEDDY_MASTER_KEYS: the local master key of {shown(VAR / 'master-key')}")
+    write_private(STACK_ENV, stack_env_text(env, settings_variables(), notes))
+    stack.env_file = STACK_ENV
+
+
+def remove_stack_env(stack: Stack) -> None:
+    if stack.env_file is not None:
+        with contextlib.suppress(FileNotFoundError):
+            stack.env_file.unlink()
+        stack.env_file = None
+
+
+def check_stack_env(stack: Stack) -> bool:
+    """`manage.py verify_integrity` with nothing but the env file's environment (sourced as the
+    banner shows) runs against the running stack and exits 0."""
+    base = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if name in os.environ}
+    script = (f"set -a; . {shlex.quote(str(stack.env_file))}; set +a; "
+              f"exec {shlex.quote(sys.executable)} manage.py verify_integrity")
+    try:
+        done = subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=base, capture_output=True, text=True,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        say(f"commands FAILED: verify_integrity with {shown(STACK_ENV)} did not finish within 120s")
+        return False
+    if done.returncode == 0:
+        compared = [line for line in done.stdout.splitlines() if line.startswith("Kafka copy:")]
+        say(f"commands OK: verify_integrity with {shown(STACK_ENV)} -> exit 0 "
+            f"({compared[0] if compared else 'integrity verified'})")
+        return True
+    output = [line for line in (done.stdout + done.stderr).splitlines() if not re.match(r"%\d+\|", line)]
+    say(f"commands FAILED: verify_integrity with {shown(STACK_ENV)} -> exit {done.returncode}:\n"
+        + "\n".join("    " + line for line in output[-15:]))
+    return False
 
 
 # --- One-off setup ------------------------------------------------------------------------
@@ -519,6 +601,8 @@ def print_banner(base: str, credentials: tuple[str, str, str], login: dict | Non
              f"  API token    {login['token']}   (send it as: Authorization: Token <token>)\n"
              if login else "")
           + f"  Logs         {logs}\n"
+          f"  Commands     set -a; . {shown(STACK_ENV)}; set +a; .venv/bin/python manage.py verify_integrity\n"
+          f"               (the stack's environment; removed when it stops)\n"
           f"\n  Ctrl-C to stop\n{rule}\n", flush=True)
 
 
@@ -605,7 +689,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="do not start the Celery worker and beat")
     parser.add_argument("--check", action="store_true",
                         help="start everything, check /health/ready/ answers 200 within "
-                             f"{READY_TIMEOUT:.0f}s, stop, exit 0 or 1")
+                             f"{READY_TIMEOUT:.0f}s, that the API answers and that `manage.py verify_integrity` "
+                             "works with var/stack.env, stop, exit 0 or 1")
     return parser.parse_args(argv)
 
 
@@ -653,13 +738,15 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
         stack.env["TEDDY_DATA_DIR"] = str(VAR)  # made absolute: the children run from ROOT
     (LOGS / "setup.log").write_bytes(b"")  # this run's setup output only
 
-    if not env_is_set("TEDDY_MASTER_KEYS"):
+    key_from_file = not env_is_set("TEDDY_MASTER_KEYS")
+    if key_from_file:
         stack.env["TEDDY_MASTER_KEYS"] = local_master_key()
         say(f"privacy   master key from {shown(VAR / 'master-key')} (set TEDDY_MASTER_KEYS to use your own)")
     kafka_is_embedded = not env_is_set("KAFKA_BOOTSTRAP_SERVERS")
     say("checking settings ...")
     commands = check_settings(stack)
     start_infrastructure(stack)
+    write_stack_env(stack, key_from_file)
     credentials, login = set_up(stack, commands, kafka_is_embedded)
     start_children(stack, port, with_worker=not args.no_worker)
     health = wait_for_web(stack, base, port)
@@ -668,6 +755,7 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
         ok = check_ready(stack, base)
         if ok and login and not args.no_worker:
             ok = check_api(stack, base, login)
+        ok = ok and check_stack_env(stack)
         return 0 if ok else 1
     print_banner(base, credentials, login, health, kafka_is_embedded)
     return watch(stack)
@@ -696,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         if stack.started:
             say("stopping ...")
         stack.stop_all()
+        remove_stack_env(stack)
     say("stopped" if code == 0 else f"stopped (exit code {code})")
     return code
 
