@@ -10,3 +10,12 @@ class EventsourcingAppConfig(AppConfig):
         from . import bootstrap, checks  # noqa: F401 - checks registers the system checks
 
         bootstrap.install()  # the composition root: store, Kafka, privacy, Celery wired together
+
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import m2m_changed
+
+        from .application.compliance import on_group_change
+
+        # Joining or leaving a compliance group is written to the access log.
+        m2m_changed.connect(on_group_change, sender=get_user_model().groups.through,
+                            dispatch_uid="compliance-role-changes")

@@ -297,10 +297,12 @@ class AccessRecordQuerySet(models.QuerySet):
 
 class AccessRecord(models.Model):
     """One use of the compliance admin that must be answerable later: a reveal of personal
-    data, an export, an erasure, an integrity check. Append-only (a database trigger refuses
+    data, an export, an erasure, an integrity check, a user joining or leaving one of the two
+    compliance groups. Append-only (a database trigger refuses
     UPDATE and DELETE); written by application/compliance.py only."""
 
-    ACTIONS = [("reveal", "reveal"), ("export", "export"), ("erase", "erase"), ("verify", "verify")]
+    ACTIONS = [("reveal", "reveal"), ("export", "export"), ("erase", "erase"), ("verify", "verify"),
+               ("role", "role change")]
 
     at = models.DateTimeField(db_index=True)
     user_id = models.BigIntegerField(help_text="The staff user (kept as a number: deleting a user keeps the record).")
@@ -309,6 +311,8 @@ class AccessRecord(models.Model):
     scope = models.CharField(max_length=20, help_text="event, stream, correlation, events (a filtered list), "
                                                       "subject or store")
     target = models.CharField(max_length=500, help_text="What was reached: an event, a stream, a child, a filter.")
+    criteria = models.TextField(blank=True, default="",
+                                help_text="The whole selection (every filter of an export), where the target is short.")
     reason = models.TextField()
     correlation_id = models.CharField(max_length=100)
     decrypted = models.BooleanField(default=False, help_text="Whether personal values were shown or exported in clear.")

@@ -20,7 +20,7 @@ SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-local-only-key-set-DJANGO_SE
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]", r"[\w.\-\[\]:*]+")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "eventsourcing_app.admin_site.AuditAdminConfig",  # django.contrib.admin with the audit trail's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -37,6 +37,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's static files under gunicorn
+    "eventsourcing_app.admin.security.RejectNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

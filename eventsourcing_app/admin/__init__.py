@@ -2,8 +2,3 @@
 every audit page shares (base.py). Read-only for everyone; see application/compliance.py for
 who may reveal, export, erase and verify."""
 from . import audit  # noqa: F401  (registers the audit models)
-from django.contrib import admin
-
-admin.site.site_header = "Teddy audit trail"
-admin.site.site_title = "Teddy audit trail"
-admin.site.index_title = "Streams, events, data subjects and the access log"

@@ -13,6 +13,7 @@ from django.contrib.admin.utils import unquote
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
+from django.utils.http import urlencode
 from django.views import View
 
 from ..application import audit, compliance
@@ -21,11 +22,20 @@ from ..application.errors import ApplicationError
 from ..application.privacy import export_child_data, streams_of_child
 from ..domain.child import ERASURE_REASONS
 from ..models import Event, SubjectKey
+from .base import refused
 
 
 class AdminActionView(View):
+    """Only for those who may see the page the action is on (a staff user in no group learns
+    nothing here, not even a count or whether a child exists)."""
+
     model_admin = None
     template = ""
+
+    def dispatch(self, request, *args, **kwargs):
+        if not self.model_admin.has_view_permission(request):
+            return refused(request, self.model_admin, "This needs the compliance or the privacy-officer group.")
+        return super().dispatch(request, *args, **kwargs)
 
     def render(self, request, status=200, **context):
         base = {**self.model_admin.admin_site.each_context(request), "opts": self.model_admin.model._meta,
@@ -78,45 +88,61 @@ class ExportView(AdminActionView):
     subject = False
 
     def scope_of(self, request, object_id=None):
+        """(scope, target, criteria, events, child id): what the export covers."""
         if self.subject:
             key = SubjectKey.objects.filter(pk=unquote(object_id)).first()
             if key is None or not key.subject.startswith("child:"):
                 raise Http404(f"no child {unquote(object_id)!r}")
             child_id = key.subject.split(":", 1)[1]
             streams = streams_of_child(child_id)
-            return "subject", f"child.{child_id}", Event.objects.filter(stream_id__in=streams), child_id
-        params = {k: v for k, v in request.GET.items() if k not in ("after", "before")}
+            target = f"child.{child_id}"
+            return "subject", target, f"streams={','.join(streams)}", Event.objects.filter(stream_id__in=streams), child_id
+        problem = self.model_admin.query_problem(request)
+        if problem is not None:
+            raise ApplicationError(problem)
+        selection = self.model_admin.selection(request)
         changelist = self.model_admin.get_changelist_instance(request)
-        if set(params) == {"stream"}:
-            scope, target = "stream", params["stream"]
-        elif set(params) == {"correlation_id"}:
-            scope, target = "correlation", params["correlation_id"]
+        criteria = urlencode(selection)
+        if set(selection) == {"stream"}:
+            scope, target = "stream", selection["stream"]
+        elif set(selection) == {"correlation_id"}:
+            scope, target = "correlation", selection["correlation_id"]
         else:
-            scope, target = "events", "&".join(f"{k}={v}" for k, v in sorted(params.items())) or "all events"
-        return scope, target, changelist.queryset, None
+            scope, target = "events", criteria or "all events"
+        return scope, target, criteria, changelist.queryset, None
+
+    def page(self, request, status=200, **context):
+        return self.render(request, status=status, subject=self.subject, **context)
 
     def get(self, request, object_id=None):
-        scope, target, queryset, _ = self.scope_of(request, object_id)
-        return self.render(request, title=f"Export: {scope} {target}", scope=scope, target=target,
-                           count=queryset.count(), subject=self.subject)
+        try:
+            scope, target, _, queryset, _ = self.scope_of(request, object_id)
+        except ApplicationError as exc:
+            return refused(request, self.model_admin, str(exc), status=400)
+        return self.page(request, title=f"Export: {scope} {target}", scope=scope, target=target,
+                         up_to=queryset.order_by("-position").values_list("position", flat=True).first())
 
     def post(self, request, object_id=None):
-        scope, target, queryset, child_id = self.scope_of(request, object_id)
+        try:
+            scope, target, criteria, queryset, child_id = self.scope_of(request, object_id)
+        except ApplicationError as exc:
+            return refused(request, self.model_admin, str(exc), status=400)
         export_format = request.POST.get("format", "")
         decrypted = self.subject or request.POST.get("decrypt") == "on"
-        up_to = queryset.order_by("-position").values_list("position", flat=True).first()
+        # Events are append-only: "matching the selection, up to this position" is exactly what is sent.
+        up_to = queryset.order_by("-position").values_list("position", flat=True).first() or 0
+        queryset = queryset.filter(position__lte=up_to)
         count = queryset.count()
         try:
             compliance.grant_export(request.user, scope=scope, target=target, export_format=export_format,
                                     reason=request.POST.get("reason"), decrypted=decrypted, event_count=count,
-                                    up_to_position=up_to)
+                                    up_to_position=up_to, criteria=criteria)
         except ApplicationError as exc:
-            return self.render(request, status=exc.http_status, title=f"Export: {scope} {target}", scope=scope,
-                               target=target, count=count, subject=self.subject, error=str(exc))
-        queryset = queryset.filter(position__lte=up_to or 0)
-        head = {"scope": scope, "target": target, "exported_by": request.user.get_username(),
+            return self.page(request, status=exc.http_status, title=f"Export: {scope} {target}", scope=scope,
+                             target=target, up_to=up_to, error=str(exc))
+        head = {"scope": scope, "target": target, "criteria": criteria, "exported_by": request.user.get_username(),
                 "exported_at": datetime.now(timezone.utc).isoformat(), "decrypted": decrypted,
-                "events_up_to_position": up_to}
+                "events": count, "events_up_to_position": up_to}
         if child_id is not None and export_format == "json":
             head["subject_access_export"] = export_child_data(actor=Actor.staff(request.user.pk), child_id=child_id)
         rows = audit.iter_export_rows(queryset, reveal=decrypted)
@@ -125,27 +151,42 @@ class ExportView(AdminActionView):
 
 class AccessLogExportView(AdminActionView):
     template = "admin/eventsourcing_app/export_confirm.html"
-    COLUMNS = ("id", "at", "username", "user_id", "action", "scope", "target", "reason", "correlation_id",
-               "decrypted", "export_format", "event_count", "up_to_position", "event_ids", "outcome")
+    COLUMNS = ("id", "at", "username", "user_id", "action", "scope", "target", "criteria", "reason",
+               "correlation_id", "decrypted", "export_format", "event_count", "up_to_position", "event_ids", "outcome")
+
+    def selected(self, request):
+        problem = self.model_admin.query_problem(request)
+        if problem is not None:
+            raise ApplicationError(problem)
+        return urlencode(self.model_admin.selection(request)), self.model_admin.get_changelist_instance(request).queryset
 
     def get(self, request):
-        queryset = self.model_admin.get_changelist_instance(request).queryset
-        return self.render(request, title="Export the access log", scope="access log", target="access log",
-                           count=queryset.count(), access_log=True)
+        try:
+            criteria, _ = self.selected(request)
+        except ApplicationError as exc:
+            return refused(request, self.model_admin, str(exc), status=400)
+        return self.render(request, title="Export the access log", scope="access log", target=criteria or "all",
+                           access_log=True)
 
     def post(self, request):
-        queryset = self.model_admin.get_changelist_instance(request).queryset
-        export_format = request.POST.get("format", "")
         try:
-            compliance.grant_export(request.user, scope="access-log", target=request.GET.urlencode() or "all",
+            criteria, queryset = self.selected(request)
+        except ApplicationError as exc:
+            return refused(request, self.model_admin, str(exc), status=400)
+        export_format = request.POST.get("format", "")
+        last = queryset.order_by("-id").values_list("id", flat=True).first() or 0
+        queryset = queryset.filter(id__lte=last)
+        try:
+            compliance.grant_export(request.user, scope="access-log", target=criteria or "all",
                                     export_format=export_format, reason=request.POST.get("reason"),
-                                    decrypted=False, event_count=queryset.count(), up_to_position=None)
+                                    decrypted=False, event_count=queryset.count(), up_to_position=last,
+                                    criteria=criteria)
         except ApplicationError as exc:
             return self.render(request, status=exc.http_status, title="Export the access log", scope="access log",
-                               target="access log", count=queryset.count(), access_log=True, error=str(exc))
+                               target=criteria or "all", access_log=True, error=str(exc))
         rows = ({c: (v.isoformat() if isinstance(v, datetime) else v) for c, v in zip(self.COLUMNS, values)}
                 for values in queryset.order_by("id").values_list(*self.COLUMNS).iterator(chunk_size=2000))
-        return download(rows, self.COLUMNS, export_format, "access-log", {"scope": "access log"})
+        return download(rows, self.COLUMNS, export_format, "access-log", {"scope": "access log", "criteria": criteria})
 
 
 # --- erasure --------------------------------------------------------------------------

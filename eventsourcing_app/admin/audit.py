@@ -23,7 +23,7 @@ from ..domain.events import event_classes
 from ..eventstore.serialization import subject_name
 from ..models import AccessRecord, DeadLetter, Event, ProjectorState, Snapshot, Stream, SubjectKey, SubjectStream
 from . import actions
-from .base import DateRangeFilter, KeysetAdmin, ReadOnlyAdmin, TextFilter
+from .base import DateRangeFilter, KeysetAdmin, TextFilter
 
 TIMELINE_PAGE = 50
 CORRELATED_SHOWN = 100
@@ -178,6 +178,43 @@ class AccessAtFilter(DateRangeFilter):
 class UserFilter(TextFilter):
     title = "user"
     parameter_name = "username"
+
+
+class ActionFilter(admin.SimpleListFilter):
+    title = "action"
+    parameter_name = "action"
+
+    def lookups(self, request, model_admin):
+        return AccessRecord.ACTIONS
+
+    def queryset(self, request, queryset):
+        return queryset.filter(action=self.value()) if self.value() else queryset
+
+
+class ProjectorFilter(admin.SimpleListFilter):
+    title = "projector"
+    parameter_name = "projector"
+
+    def lookups(self, request, model_admin):
+        from ..readside.projectors import PROJECTORS
+
+        return [(name, name) for name in sorted(PROJECTORS)]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(projector=self.value()) if self.value() else queryset
+
+
+class ResolvedFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "resolved"
+
+    def lookups(self, request, model_admin):
+        return [("no", "waiting (its stream is held)"), ("yes", "applied since")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(resolved_at__isnull=self.value() == "no")
+        return queryset
 
 
 # --- streams ----------------------------------------------------------------------------
@@ -570,7 +607,7 @@ class AccessRecordAdmin(KeysetAdmin):
     keyset = ("id", True)
     list_display = ("when", "username", "action", "scope", "target", "decrypted", "event_count", "reason",
                     "correlation_id")
-    list_filter = ("action", UserFilter, AccessAtFilter)
+    list_filter = (ActionFilter, UserFilter, AccessAtFilter)
     search_fields = ("target",)
     search_help_text = "A stream id, child or filter the record names (its start), or a correlation id."
     readonly_fields = ("when", "user_id", "username", "action", "scope", "target", "reason", "correlation_id",
@@ -605,17 +642,26 @@ class AccessRecordAdmin(KeysetAdmin):
 # --- the read side's operational records -------------------------------------------------
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(ReadOnlyAdmin):
+class DeadLetterAdmin(KeysetAdmin):
     """Events a projector could not apply; their streams wait behind them until
-    `manage.py projections retry-dead-letters` applies them."""
+    `manage.py projections retry-dead-letters` applies them. The error text may quote a
+    decrypted value, so only those who may reveal personal data see it."""
 
+    keyset = ("id", True)
     list_display = ("projector", "stream_id", "version", "event_type", "attempts", "first_failed_at",
                     "last_failed_at", "resolved_at")
-    list_filter = ("projector", "resolved_at")
-    search_fields = ("=stream_id", "=event_id")
-    show_full_result_count = False
+    list_filter = (ProjectorFilter, ResolvedFilter, StreamFilter)
+    search_fields = ("event_id",)
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        return (queryset.filter(Q(stream_id=term) | Q(event_id=term)) if term else queryset), False
+
+    def get_exclude(self, request, obj=None):
+        return () if compliance.may(request.user, "reveal_personal_data") else ("error",)
 
 
 @admin.register(ProjectorState)
-class ProjectorStateAdmin(ReadOnlyAdmin):
+class ProjectorStateAdmin(KeysetAdmin):
+    keyset = ("name", False)
     list_display = ("name", "active_generation", "building_generation", "switched_at")

@@ -12,6 +12,7 @@ or an export is recorded before anything is shown, so nothing leaves unrecorded.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -66,19 +67,27 @@ def may(user, codename: str) -> bool:
     return codename in grants(user)
 
 
-def require(user, codename: str, what: str) -> None:
-    if not may(user, codename):
-        raise PermissionDenied(f"{user.get_username()} may not {what}: that needs the {OFFICER_GROUP!r} group"
-                               if codename in GROUP_PERMISSIONS[OFFICER_GROUP]
-                               and codename not in GROUP_PERMISSIONS[COMPLIANCE_GROUP]
-                               else f"{user.get_username()} may not {what}: that needs the {COMPLIANCE_GROUP!r} group")
+def require(user, codename: str, what: str, *, action: str = "", target: str = "") -> None:
+    """Refuses what the user's groups do not allow; a refused reveal, export or erasure is
+    itself recorded (someone tried)."""
+    if may(user, codename):
+        return
+    group = OFFICER_GROUP if codename not in GROUP_PERMISSIONS[COMPLIANCE_GROUP] else COMPLIANCE_GROUP
+    message = f"{user.get_username()} may not {what}: that needs the {group!r} group"
+    if action and user.is_authenticated:
+        record(user, action, "refused", target, outcome=f"refused: {message}")
+    raise PermissionDenied(message)
 
 
 def clean_reason(reason) -> str:
-    text = (reason or "").strip() if isinstance(reason, str) else ""
-    if len(text) < REASON_MIN:
-        raise ReasonRequired(f"give the reason (at least {REASON_MIN} characters: the request, ticket or order "
-                             "this answers); it is written to the access log")
+    """A reason a reader can read: at least REASON_MIN visible characters, no control codes."""
+    text = reason.strip() if isinstance(reason, str) else ""
+    if any(unicodedata.category(c) == "Cc" and c not in "\n\r\t" for c in text):
+        raise ReasonRequired("the reason holds control characters (a NUL byte or the like); type it again as plain text")
+    visible = sum(1 for c in text if not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc", "Zs", "Mn"))
+    if visible < REASON_MIN:
+        raise ReasonRequired(f"give the reason (at least {REASON_MIN} visible characters: the request, ticket or "
+                             "order this answers); it is written to the access log")
     if len(text) > REASON_MAX:
         raise ReasonRequired(f"the reason is {len(text)} characters long; keep it under {REASON_MAX}")
     return text
@@ -86,13 +95,14 @@ def clean_reason(reason) -> str:
 
 def record(user, action: str, scope: str, target: str, *, reason: str = "", decrypted: bool = False,
            export_format: str = "", event_count: int = 0, up_to_position: int | None = None,
-           event_ids: list[str] | None = None, outcome: str = ""):
+           event_ids: list[str] | None = None, outcome: str = "", criteria: str = ""):
     from ..models import AccessRecord
 
     entry = AccessRecord(at=datetime.now(timezone.utc), user_id=user.pk, username=user.get_username(), action=action,
                          scope=scope, target=target[:500], reason=reason, correlation_id=current_correlation_id() or "-",
                          decrypted=decrypted, export_format=export_format, event_count=event_count,
-                         up_to_position=up_to_position, event_ids=event_ids or [], outcome=outcome)
+                         up_to_position=up_to_position, event_ids=event_ids or [], outcome=outcome,
+                         criteria=criteria or target)
     entry.save()
     logger.info("compliance %s of %s %s by %s (%s)", action, scope, target, entry.username, reason or "no reason given")
     return entry
@@ -114,11 +124,50 @@ def ensure_staff_member(username: str, password: str, group: str):
     return user, created
 
 
+def on_group_change(sender, instance, action, reverse, pk_set, **kwargs) -> None:
+    """m2m_changed of User.groups: joining or leaving one of the two groups is recorded in the
+    access log, whoever did it (a superuser adding themselves too)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    if action not in ("post_add", "post_remove", "pre_clear"):
+        return
+    roles = set(GROUP_PERMISSIONS)
+    if reverse:  # group.user_set.add(...)
+        if instance.name not in roles:
+            return
+        pairs = [(user, instance.name) for user in get_user_model().objects.filter(
+            pk__in=pk_set or instance.user_set.values_list("pk", flat=True))]
+    else:
+        groups = (Group.objects.filter(pk__in=pk_set) if pk_set is not None else instance.groups.all())
+        pairs = [(instance, name) for name in groups.filter(name__in=roles).values_list("name", flat=True)]
+    change = "joined" if action == "post_add" else "left"
+    for user, group in pairs:
+        _record_role(user, f"{change} {group}")
+
+
+def _record_role(user, outcome: str) -> None:
+    from django.contrib.auth import get_user_model
+
+    from ..models import AccessRecord
+    from ..observability import current_actor
+
+    actor = current_actor() or "system"
+    by = None
+    if actor.startswith("user:"):
+        by = get_user_model().objects.filter(pk=actor.split(":", 1)[1]).first()
+    AccessRecord(at=datetime.now(timezone.utc), user_id=by.pk if by else 0,
+                 username=by.get_username() if by else actor, action="role", scope="user",
+                 target=f"user:{user.pk} {user.get_username()}", reason="", correlation_id=current_correlation_id() or "-",
+                 outcome=outcome).save()
+    logger.info("role change: %s %s (by %s)", user.get_username(), outcome, actor)
+
+
 # --- reveal and export ------------------------------------------------------------------
 
 def reveal(user, events: list[StoredEvent], *, scope: str, target: str, reason) -> str:
     """Records that `user` sees these events' personal data, before it is shown."""
-    require(user, "reveal_personal_data", "reveal personal data")
+    require(user, "reveal_personal_data", "reveal personal data", action="reveal", target=target)
     reason = clean_reason(reason)
     record(user, "reveal", scope, target, reason=reason, decrypted=True, event_count=len(events),
            event_ids=[e.event_id for e in events])
@@ -132,19 +181,19 @@ class ExportGrant:
 
 
 def grant_export(user, *, scope: str, target: str, export_format: str, reason, decrypted: bool,
-                 event_count: int, up_to_position: int | None) -> ExportGrant:
+                 event_count: int, up_to_position: int | None, criteria: str = "") -> ExportGrant:
     """Checks and records an export before its first byte is sent. A subject's export, and
     any export in clear, is for privacy officers; compliance exports masked."""
     if export_format not in ("csv", "json"):
-        raise ApplicationError(f"export format {export_format!r}: choose csv or json")
-    require(user, "export_audit_trail", "export the audit trail")
+        raise ApplicationError(f"export format {str(export_format)[:20]!r}: choose csv or json")
+    require(user, "export_audit_trail", "export the audit trail", action="export", target=target)
     if scope == "subject":
-        require(user, "export_data_subject", "export a data subject")
+        require(user, "export_data_subject", "export a data subject", action="export", target=target)
     if decrypted:
-        require(user, "reveal_personal_data", "export personal data in clear")
+        require(user, "reveal_personal_data", "export personal data in clear", action="export", target=target)
     reason = clean_reason(reason)
     record(user, "export", scope, target, reason=reason, decrypted=decrypted, export_format=export_format,
-           event_count=event_count, up_to_position=up_to_position)
+           event_count=event_count, up_to_position=up_to_position, criteria=criteria)
     return ExportGrant(decrypted, reason)
 
 
@@ -152,21 +201,26 @@ def grant_export(user, *, scope: str, target: str, export_format: str, reason, d
 
 def erase_child(user, *, child_id: str, typed_child_id: str, reason_code: str, note) -> ErasureReport:
     """Erases a child's personal data for a privacy officer: the erasure event carries the
-    officer as actor and this request's correlation id; the access log the note."""
-    require(user, "erase_child", "erase a child's personal data")
-    note = clean_reason(note)
-    if (typed_child_id or "").strip() != child_id:
-        raise ApplicationError(f"type the child id {child_id!r} exactly to confirm the erasure "
-                               f"(you typed {(typed_child_id or '').strip()!r}); nothing was erased")
-    if reason_code not in ERASURE_REASONS:
-        raise ApplicationError(f"erasure reason {reason_code!r}: choose one of {', '.join(ERASURE_REASONS)}")
+    officer as actor and this request's correlation id; the access log the note. The request
+    is recorded before anything is erased (an erasure never goes unrecorded), and its outcome
+    after."""
     target = f"child.{child_id}"
+    require(user, "erase_child", "erase a child's personal data", action="erase", target=target)
+    note = clean_reason(note)
+    typed = typed_child_id.strip() if isinstance(typed_child_id, str) else ""
+    if typed != child_id:
+        raise ApplicationError(f"type the child id {child_id!r} exactly to confirm the erasure "
+                               f"(you typed {typed[:80]!r}); nothing was erased")
+    if reason_code not in ERASURE_REASONS:
+        raise ApplicationError(f"erasure reason {str(reason_code)[:40]!r}: choose one of {', '.join(ERASURE_REASONS)}")
+    record(user, "erase", "subject", target, reason=note, outcome=f"requested ({reason_code})")
     try:
         report = erase_child_data(actor=Actor.staff(user.pk), child_id=child_id, reason=reason_code)
     except Exception as exc:
-        record(user, "erase", "subject", target, reason=note, outcome=f"refused: {exc}")
+        record(user, "erase", "subject", target, reason=note, outcome=f"failed: {exc}")
         raise
-    record(user, "erase", "subject", target, reason=note, event_count=report.encrypted_events, outcome=str(report))
+    record(user, "erase", "subject", target, reason=note, event_count=report.encrypted_events,
+           outcome=f"done: {report}")
     return report
 
 
