@@ -43,7 +43,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from devtools import embedded
 
@@ -73,12 +73,16 @@ user.save()
 print("created" if created else "updated")
 """
 
-# One demo parent's login and API token, as one JSON line (none: "null").
+# One demo parent's login and API token, and the compliance admin's demo logins, as one JSON
+# line (none: "null").
 DEMO_LOGIN_SCRIPT = """
 import dataclasses, json
-from eventsourcing_app.application.demo import demo_logins
+from eventsourcing_app.application.demo import DEMO_PASSWORD, DEMO_STAFF, demo_logins
 logins = [login for login in demo_logins() if login.token]
-print(json.dumps(dataclasses.asdict(logins[0]) if logins else None))
+login = dataclasses.asdict(logins[0]) if logins else None
+if login:
+    login["staff"] = [[name, group, DEMO_PASSWORD] for name, group in DEMO_STAFF.items()]
+print(json.dumps(login))
 """
 
 
@@ -597,6 +601,8 @@ def print_banner(base: str, credentials: tuple[str, str, str], login: dict | Non
           f"  Admin login  {username} / {password}   ({source})\n"
           f"  API          {base}/api/v1/children/\n"
           f"  API docs     {base}/api/docs/\n"
+          + "".join(f"  Admin login  {name} / {secret}   ({group}: the compliance audit trail)\n"
+                    for name, group, secret in (login or {}).get("staff", []))
           + (f"  Parent login {login['email']} / {login['password']}   (demo parent {login['parent_id']})\n"
              f"  API token    {login['token']}   (send it as: Authorization: Token <token>)\n"
              if login else "")
@@ -668,6 +674,36 @@ def check_docs_page(base: str) -> bool:
     return True
 
 
+def check_admin(base: str, login: dict) -> bool:
+    """The compliance admin as a demo officer sees it: the login form, the event list and the
+    admin's own stylesheet, all served by the app."""
+    import http.cookiejar
+
+    name, _, secret = next(iter(login.get("staff", [])), (None, None, None))
+    if name is None:
+        return True
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    try:
+        with opener.open(f"{base}/admin/login/", timeout=5) as response:
+            form = response.read().decode(errors="replace")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
+        data = urlencode({"username": name, "password": secret, "next": "/admin/eventsourcing_app/event/",
+                                       "csrfmiddlewaretoken": token.group(1) if token else ""}).encode()
+        request = urllib.request.Request(f"{base}/admin/login/", data=data, headers={"Referer": f"{base}/admin/login/"})
+        with opener.open(request, timeout=10) as response:
+            page = response.read().decode(errors="replace")
+            if response.url.rstrip("/").endswith("/admin/login") or 'id="result_list"' not in page:
+                say(f"admin FAILED: {name} could not open the event list after logging in")
+                return False
+        with opener.open(f"{base}/static/admin/css/base.css", timeout=5) as response:
+            response.read()
+    except (OSError, ValueError) as exc:
+        say(f"admin FAILED: {exc}")
+        return False
+    say(f"admin OK: {name} logged in and listed the events at {base}/admin/eventsourcing_app/event/")
+    return True
+
+
 def watch(stack: Stack) -> int:
     """Blocks until Ctrl-C/SIGTERM (returns 0 via Stopping) or a child dies (returns 1)."""
     while True:
@@ -689,7 +725,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="do not start the Celery worker and beat")
     parser.add_argument("--check", action="store_true",
                         help="start everything, check /health/ready/ answers 200 within "
-                             f"{READY_TIMEOUT:.0f}s, that the API answers and that `manage.py verify_integrity` "
+                             f"{READY_TIMEOUT:.0f}s, that the API and the admin answer and that `manage.py verify_integrity` "
                              "works with var/stack.env, stop, exit 0 or 1")
     return parser.parse_args(argv)
 
@@ -755,6 +791,8 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
         ok = check_ready(stack, base)
         if ok and login and not args.no_worker:
             ok = check_api(stack, base, login)
+        if ok and login:
+            ok = check_admin(base, login)
         ok = ok and check_stack_env(stack)
         return 0 if ok else 1
     print_banner(base, credentials, login, health, kafka_is_embedded)

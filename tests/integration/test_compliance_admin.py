@@ -261,3 +261,17 @@ def test_failed_admin_logins_are_limited(compliance_user):
     other = staff_user("compliance")
     assert Client().post("/admin/login/", {"username": other.username,
                                            "password": "a-long-compliance-password"}).status_code == 302
+
+
+def test_joining_or_leaving_a_compliance_group_is_in_the_access_log_whoever_does_it():
+    from django.contrib.auth.models import Group
+
+    from eventsourcing_app.observability import event_context
+
+    root = staff_user(None, superuser=True)
+    with event_context(correlation_id="grant-self", actor=f"user:{root.pk}"):
+        root.groups.add(Group.objects.get(name="privacy-officer"))  # a superuser grants themselves the role
+        root.groups.remove(Group.objects.get(name="privacy-officer"))
+    records = AccessRecord.objects.filter(action="role", target__startswith=f"user:{root.pk} ").order_by("id")
+    assert [(r.username, r.outcome, r.correlation_id) for r in records] == [
+        (root.username, "joined privacy-officer", "grant-self"), (root.username, "left privacy-officer", "grant-self")]
