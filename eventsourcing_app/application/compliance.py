@@ -26,8 +26,8 @@ from ..kafka.config import KafkaSettings
 from ..observability import current_correlation_id
 from ..operations.verify import VerificationReport, verify_integrity
 from .actors import Actor
-from .errors import ApplicationError, PermissionDenied
-from .privacy import ErasureReport, erase_child_data, streams_of_child
+from .errors import ApplicationError, NotFound, PermissionDenied
+from .privacy import ErasureReport, erase_child_data, export_child_data, streams_of_child
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,15 @@ def clean_reason(reason) -> str:
     return text
 
 
-def record(user, action: str, scope: str, target: str, *, reason: str = "", decrypted: bool = False,
+def record(who, action: str, scope: str, target: str, *, reason: str = "", decrypted: bool = False,
            export_format: str = "", event_count: int = 0, up_to_position: int | None = None,
            event_ids: list[str] | None = None, outcome: str = "", criteria: str = ""):
+    """Appends one record; `who` is a user, or an actor id ("user:<id>", "system:<name>") for
+    management commands and scripts."""
     from ..models import AccessRecord
 
-    entry = AccessRecord(at=datetime.now(timezone.utc), user_id=user.pk, username=user.get_username(), action=action,
+    user_id, username = _who(who)
+    entry = AccessRecord(at=datetime.now(timezone.utc), user_id=user_id, username=username, action=action,
                          scope=scope, target=target[:500], reason=reason, correlation_id=current_correlation_id() or "-",
                          decrypted=decrypted, export_format=export_format, event_count=event_count,
                          up_to_position=up_to_position, event_ids=event_ids or [], outcome=outcome,
@@ -106,6 +109,20 @@ def record(user, action: str, scope: str, target: str, *, reason: str = "", decr
     entry.save()
     logger.info("compliance %s of %s %s by %s (%s)", action, scope, target, entry.username, reason or "no reason given")
     return entry
+
+
+def _who(who) -> tuple[int, str]:
+    """(user id, user name) of a user or an actor id; 0 and the actor id for system jobs and
+    users that do not exist (any more)."""
+    if not isinstance(who, str):
+        return who.pk, who.get_username()
+    from django.contrib.auth import get_user_model
+
+    if who.startswith("user:"):
+        user = get_user_model().objects.filter(pk=who.split(":", 1)[1]).first() if who[5:].isdigit() else None
+        if user is not None:
+            return user.pk, user.get_username()
+    return 0, who[:150]
 
 
 def ensure_staff_member(username: str, password: str, group: str):
@@ -147,20 +164,10 @@ def on_group_change(sender, instance, action, reverse, pk_set, **kwargs) -> None
 
 
 def _record_role(user, outcome: str) -> None:
-    from django.contrib.auth import get_user_model
-
-    from ..models import AccessRecord
     from ..observability import current_actor
 
     actor = current_actor() or "system"
-    by = None
-    if actor.startswith("user:"):
-        by = get_user_model().objects.filter(pk=actor.split(":", 1)[1]).first()
-    AccessRecord(at=datetime.now(timezone.utc), user_id=by.pk if by else 0,
-                 username=by.get_username() if by else actor, action="role", scope="user",
-                 target=f"user:{user.pk} {user.get_username()}", reason="", correlation_id=current_correlation_id() or "-",
-                 outcome=outcome).save()
-    logger.info("role change: %s %s (by %s)", user.get_username(), outcome, actor)
+    record(actor, "role", "user", f"user:{user.pk} {user.get_username()}", outcome=outcome)
 
 
 # --- reveal and export ------------------------------------------------------------------
@@ -222,6 +229,33 @@ def erase_child(user, *, child_id: str, typed_child_id: str, reason_code: str, n
     record(user, "erase", "subject", target, reason=note, event_count=report.encrypted_events,
            outcome=f"done: {report}")
     return report
+
+
+def recorded_erasure(actor_id: str, *, child_id: str, reason_code: str) -> ErasureReport:
+    """An erasure by a management command, recorded like the admin's (before and after)."""
+    actor = Actor.operator(actor_id)  # a malformed actor id is refused before anything is written
+    target = f"child.{child_id}"
+    if not streams_of_child(child_id):
+        raise NotFound(f"no child {child_id} (stream {target} does not exist)")
+    note = f"manage.py forget_child --reason {reason_code}"
+    record(actor_id, "erase", "subject", target, reason=note, outcome=f"requested ({reason_code})")
+    try:
+        report = erase_child_data(actor=actor, child_id=child_id, reason=reason_code)
+    except Exception as exc:
+        record(actor_id, "erase", "subject", target, reason=note, outcome=f"failed: {exc}")
+        raise
+    record(actor_id, "erase", "subject", target, reason=note, event_count=report.encrypted_events,
+           outcome=f"done: {report}")
+    return report
+
+
+def recorded_subject_export(actor_id: str, *, child_id: str, destination: str) -> dict:
+    """A subject access export by a management command, recorded before it is handed over."""
+    export = export_child_data(actor=Actor.operator(actor_id), child_id=child_id)
+    events = sum(len(stream) for stream in export["streams"].values())
+    record(actor_id, "export", "subject", f"child.{child_id}", reason="manage.py export_child", decrypted=True,
+           export_format="json", event_count=events, outcome=f"written to {destination}")
+    return export
 
 
 # --- integrity ------------------------------------------------------------------------

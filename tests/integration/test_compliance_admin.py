@@ -275,3 +275,17 @@ def test_joining_or_leaving_a_compliance_group_is_in_the_access_log_whoever_does
     records = AccessRecord.objects.filter(action="role", target__startswith=f"user:{root.pk} ").order_by("id")
     assert [(r.username, r.outcome, r.correlation_id) for r in records] == [
         (root.username, "joined privacy-officer", "grant-self"), (root.username, "left privacy-officer", "grant-self")]
+
+
+def test_the_commands_export_and_erasure_are_in_the_access_log_too(family, officer, tmp_path):
+    from django.core.management import call_command
+
+    target = f"child.{family.child_id}"
+    call_command("export_child", family.child_id, "-o", str(tmp_path / "export.json"), "--actor", f"user:{officer.pk}")
+    call_command("forget_child", family.child_id, "--reason", "parent_request", "--actor", f"user:{officer.pk}",
+                 stdout=io.StringIO(), stderr=io.StringIO())
+    records = AccessRecord.objects.filter(target=target).order_by("id")
+    assert [(r.action, r.username, r.decrypted, r.outcome.split(" ")[0]) for r in records] == [
+        ("export", officer.username, True, "written"), ("erase", officer.username, False, "requested"),
+        ("erase", officer.username, False, "done:")]
+    assert records[0].event_count == len(sum(json.loads((tmp_path / "export.json").read_text())["streams"].values(), []))

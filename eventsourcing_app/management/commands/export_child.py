@@ -3,14 +3,15 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from eventsourcing_app.application import Actor, ApplicationError, export_child_data
+from eventsourcing_app.application import ApplicationError
+from eventsourcing_app.application.compliance import recorded_subject_export
 from eventsourcing_app.eventstore import EventStoreError
 from eventsourcing_app.operations.preflight import PublishesNothing
 
 
 class Command(PublishesNothing, BaseCommand):
     help = ("Writes everything held about a child, decrypted, as JSON (a data subject access request). Reads the "
-            "database only: it works with Kafka and Redis unreachable.")
+            "database only: it works with Kafka and Redis unreachable. Recorded in the compliance access log.")
 
     def add_arguments(self, parser):
         parser.add_argument("child_id")
@@ -20,7 +21,7 @@ class Command(PublishesNothing, BaseCommand):
 
     def handle(self, *args, child_id, output, actor, **options):
         try:
-            export = export_child_data(actor=Actor.operator(actor), child_id=child_id)
+            export = recorded_subject_export(actor, child_id=child_id, destination=output or "standard output")
         except (ApplicationError, EventStoreError) as exc:
             raise CommandError(str(exc)) from None
         text = json.dumps(export, indent=2, ensure_ascii=False, default=str)

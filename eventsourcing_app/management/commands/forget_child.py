@@ -1,7 +1,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from eventsourcing_app.application import Actor, ApplicationError, erase_child_data
+from eventsourcing_app.application import ApplicationError
+from eventsourcing_app.application.compliance import recorded_erasure
 from eventsourcing_app.domain import ERASURE_REASONS, DomainError
 from eventsourcing_app.eventstore import EventStoreError
 from eventsourcing_app.kafka.config import KafkaSettings
@@ -21,7 +22,7 @@ LEFT_UNDONE = {
 class Command(OwnProcessAware, BaseCommand):
     help = ("Erases a child's personal data everywhere by destroying its data key (crypto-shredding); records the "
             "erasure as an event (who asked, why), drops the child's snapshots and cached aggregates. Cannot be "
-            "undone. Needs the database. Kafka and Redis are checked first: the erasure goes ahead without them "
+            "undone; recorded in the compliance access log (before and after). Needs the database. Kafka and Redis are checked first: the erasure goes ahead without them "
             "(it is complete once the key is destroyed in the database, which refuses new data for the child from "
             "then on), and the command then says, per service, what it could not do and that running it again "
             "once the service answers does it.")
@@ -41,7 +42,7 @@ class Command(OwnProcessAware, BaseCommand):
             # The relay publishes the erasure event; nothing waits for, or logs about, an absent broker.
             switch_off_publishing()
         try:
-            report = erase_child_data(actor=Actor.operator(actor), child_id=child_id, reason=reason)
+            report = recorded_erasure(actor, child_id=child_id, reason_code=reason)
         except (ApplicationError, DomainError, EventStoreError) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(self.style.SUCCESS(str(report)))
