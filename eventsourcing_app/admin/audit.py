@@ -23,7 +23,7 @@ from ..domain.events import event_classes
 from ..eventstore.serialization import subject_name
 from ..models import AccessRecord, DeadLetter, Event, ProjectorState, Snapshot, Stream, SubjectKey, SubjectStream
 from . import actions
-from .base import DateRangeFilter, KeysetAdmin, TextFilter
+from .base import ChoiceFilter, DateRangeFilter, KeysetAdmin, TextFilter
 
 TIMELINE_PAGE = 50
 CORRELATED_SHOWN = 100
@@ -73,26 +73,20 @@ def common_context(model_admin, request, **extra) -> dict:
 
 # --- filters ----------------------------------------------------------------------------
 
-class EventTypeFilter(admin.SimpleListFilter):
+class EventTypeFilter(ChoiceFilter):
     title = "event type"
     parameter_name = "event_type"
 
-    def lookups(self, request, model_admin):
+    def options(self):
         return [(name, name) for name in sorted(event_classes())]
 
-    def queryset(self, request, queryset):
-        return queryset.filter(event_type=self.value()) if self.value() else queryset
 
-
-class StreamTypeFilter(admin.SimpleListFilter):
+class StreamTypeFilter(ChoiceFilter):
     title = "stream type"
     parameter_name = "stream_type"
 
-    def lookups(self, request, model_admin):
+    def options(self):
         return [(name, name) for name in stream_types()]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(stream_type=self.value()) if self.value() else queryset
 
 
 class PublicationFilter(admin.SimpleListFilter):
@@ -180,28 +174,22 @@ class UserFilter(TextFilter):
     parameter_name = "username"
 
 
-class ActionFilter(admin.SimpleListFilter):
+class ActionFilter(ChoiceFilter):
     title = "action"
     parameter_name = "action"
 
-    def lookups(self, request, model_admin):
+    def options(self):
         return AccessRecord.ACTIONS
 
-    def queryset(self, request, queryset):
-        return queryset.filter(action=self.value()) if self.value() else queryset
 
-
-class ProjectorFilter(admin.SimpleListFilter):
+class ProjectorFilter(ChoiceFilter):
     title = "projector"
     parameter_name = "projector"
 
-    def lookups(self, request, model_admin):
+    def options(self):
         from ..readside.projectors import PROJECTORS
 
         return [(name, name) for name in sorted(PROJECTORS)]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(projector=self.value()) if self.value() else queryset
 
 
 class ResolvedFilter(admin.SimpleListFilter):

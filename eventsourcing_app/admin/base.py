@@ -202,6 +202,20 @@ class KeysetAdmin(ReadOnlyAdmin):
 
 # --- filters ----------------------------------------------------------------------------
 
+class ChoiceFilter(admin.SimpleListFilter):
+    """One of a fixed set of values of the column `parameter_name`: the choices come from the
+    code (`options`), never from a SELECT DISTINCT over the table."""
+
+    def options(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def lookups(self, request, model_admin):
+        return self.options()
+
+    def queryset(self, request, queryset):
+        return queryset.filter(**{self.parameter_name: self.value()}) if self.value() else queryset
+
+
 class TextFilter(admin.ListFilter):
     """An exact value typed into a box (actor, correlation id, ...): no list of choices, so no
     DISTINCT over the events table to build one."""

@@ -208,9 +208,7 @@ def grant_export(user, *, scope: str, target: str, export_format: str, reason, d
 
 def erase_child(user, *, child_id: str, typed_child_id: str, reason_code: str, note) -> ErasureReport:
     """Erases a child's personal data for a privacy officer: the erasure event carries the
-    officer as actor and this request's correlation id; the access log the note. The request
-    is recorded before anything is erased (an erasure never goes unrecorded), and its outcome
-    after."""
+    officer as actor and this request's correlation id; the access log the note."""
     target = f"child.{child_id}"
     require(user, "erase_child", "erase a child's personal data", action="erase", target=target)
     note = clean_reason(note)
@@ -220,13 +218,20 @@ def erase_child(user, *, child_id: str, typed_child_id: str, reason_code: str, n
                                f"(you typed {typed[:80]!r}); nothing was erased")
     if reason_code not in ERASURE_REASONS:
         raise ApplicationError(f"erasure reason {str(reason_code)[:40]!r}: choose one of {', '.join(ERASURE_REASONS)}")
-    record(user, "erase", "subject", target, reason=note, outcome=f"requested ({reason_code})")
+    return _erase_on_record(user, Actor.staff(user.pk), child_id, reason_code, note)
+
+
+def _erase_on_record(who, actor: Actor, child_id: str, reason_code: str, note: str) -> ErasureReport:
+    """The erasure between two access-log records: the request before anything is erased (an
+    erasure never goes unrecorded), how it ended after."""
+    target = f"child.{child_id}"
+    record(who, "erase", "subject", target, reason=note, outcome=f"requested ({reason_code})")
     try:
-        report = erase_child_data(actor=Actor.staff(user.pk), child_id=child_id, reason=reason_code)
+        report = erase_child_data(actor=actor, child_id=child_id, reason=reason_code)
     except Exception as exc:
-        record(user, "erase", "subject", target, reason=note, outcome=f"failed: {exc}")
+        record(who, "erase", "subject", target, reason=note, outcome=f"failed: {exc}")
         raise
-    record(user, "erase", "subject", target, reason=note, event_count=report.encrypted_events,
+    record(who, "erase", "subject", target, reason=note, event_count=report.encrypted_events,
            outcome=f"done: {report}")
     return report
 
@@ -237,16 +242,7 @@ def recorded_erasure(actor_id: str, *, child_id: str, reason_code: str) -> Erasu
     target = f"child.{child_id}"
     if not streams_of_child(child_id):
         raise NotFound(f"no child {child_id} (stream {target} does not exist)")
-    note = f"manage.py forget_child --reason {reason_code}"
-    record(actor_id, "erase", "subject", target, reason=note, outcome=f"requested ({reason_code})")
-    try:
-        report = erase_child_data(actor=actor, child_id=child_id, reason=reason_code)
-    except Exception as exc:
-        record(actor_id, "erase", "subject", target, reason=note, outcome=f"failed: {exc}")
-        raise
-    record(actor_id, "erase", "subject", target, reason=note, event_count=report.encrypted_events,
-           outcome=f"done: {report}")
-    return report
+    return _erase_on_record(actor_id, actor, child_id, reason_code, f"manage.py forget_child --reason {reason_code}")
 
 
 def recorded_subject_export(actor_id: str, *, child_id: str, destination: str) -> dict:
