@@ -14,8 +14,12 @@ class EventsourcingAppConfig(AppConfig):
         from django.contrib.auth import get_user_model
         from django.db.models.signals import m2m_changed
 
-        from .application.compliance import on_group_change
+        from django.contrib.auth.models import Group
 
-        # Joining or leaving a compliance group is written to the access log.
+        from .application.compliance import on_group_change, on_group_permissions_change
+
+        # Who holds a compliance role, and what the roles hold, is written to the access log.
         m2m_changed.connect(on_group_change, sender=get_user_model().groups.through,
                             dispatch_uid="compliance-role-changes")
+        m2m_changed.connect(on_group_permissions_change, sender=Group.permissions.through,
+                            dispatch_uid="compliance-role-permission-changes")

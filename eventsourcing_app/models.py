@@ -108,7 +108,7 @@ class Event(models.Model):
             models.Index(fields=["causation_id"], name="eventstore_event_causation",
                          condition=models.Q(causation_id__isnull=False)),
             # "Everything this user did", newest first, as a keyset page.
-            models.Index(fields=["actor", "-position"], name="eventstore_event_actor",
+            models.Index(fields=["actor", "position"], name="eventstore_event_actor",
                          condition=models.Q(actor__isnull=False)),
         ]
 
@@ -311,6 +311,8 @@ class AccessRecord(models.Model):
     scope = models.CharField(max_length=20, help_text="event, stream, correlation, events (a filtered list), "
                                                       "subject or store")
     target = models.CharField(max_length=500, help_text="What was reached: an event, a stream, a child, a filter.")
+    subject = models.CharField(max_length=240, blank=True, default="", db_index=True,
+                               help_text="The data subject the record is about (child:<id>), where one is.")
     criteria = models.TextField(blank=True, default="",
                                 help_text="The whole selection (every filter of an export), where the target is short.")
     reason = models.TextField()

@@ -45,6 +45,16 @@ class AdminActionView(View):
 
 # --- export ---------------------------------------------------------------------------
 
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value  # a spreadsheet would run it as a formula (a reason, a name typed by anyone)
+    return value
+
+
 def _csv_lines(rows, columns):
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -53,8 +63,7 @@ def _csv_lines(rows, columns):
     for row in rows:
         buffer.seek(0)
         buffer.truncate()
-        writer.writerow([json.dumps(row[c], ensure_ascii=False, sort_keys=True) if isinstance(row[c], (dict, list))
-                         else "" if row[c] is None else row[c] for c in columns])
+        writer.writerow([_cell(row[c]) for c in columns])
         yield buffer.getvalue()
 
 
@@ -88,7 +97,7 @@ class ExportView(AdminActionView):
     subject = False
 
     def scope_of(self, request, object_id=None):
-        """(scope, target, criteria, events, child id): what the export covers."""
+        """(scope, target, criteria, events, child id, data subject): what the export covers."""
         if self.subject:
             key = SubjectKey.objects.filter(pk=unquote(object_id)).first()
             if key is None or not key.subject.startswith("child:"):
@@ -96,7 +105,8 @@ class ExportView(AdminActionView):
             child_id = key.subject.split(":", 1)[1]
             streams = streams_of_child(child_id)
             target = f"child.{child_id}"
-            return "subject", target, f"streams={','.join(streams)}", Event.objects.filter(stream_id__in=streams), child_id
+            return ("subject", target, f"streams={','.join(streams)}", Event.objects.filter(stream_id__in=streams),
+                    child_id, key.subject)
         problem = self.model_admin.query_problem(request)
         if problem is not None:
             raise ApplicationError(problem)
@@ -109,14 +119,19 @@ class ExportView(AdminActionView):
             scope, target = "correlation", selection["correlation_id"]
         else:
             scope, target = "events", criteria or "all events"
-        return scope, target, criteria, changelist.queryset, None
+        subject = selection.get("subject", "")
+        if subject and ":" not in subject:
+            subject = f"child:{subject}"
+        elif not subject and "stream" in selection:
+            subject = ",".join(audit.subjects_of_stream(selection["stream"]))
+        return scope, target, criteria, changelist.queryset, None, subject
 
     def page(self, request, status=200, **context):
         return self.render(request, status=status, subject=self.subject, **context)
 
     def get(self, request, object_id=None):
         try:
-            scope, target, _, queryset, _ = self.scope_of(request, object_id)
+            scope, target, _, queryset, _, _ = self.scope_of(request, object_id)
         except ApplicationError as exc:
             return refused(request, self.model_admin, str(exc), status=400)
         return self.page(request, title=f"Export: {scope} {target}", scope=scope, target=target,
@@ -124,11 +139,16 @@ class ExportView(AdminActionView):
 
     def post(self, request, object_id=None):
         try:
-            scope, target, criteria, queryset, child_id = self.scope_of(request, object_id)
+            scope, target, criteria, queryset, child_id, subject = self.scope_of(request, object_id)
         except ApplicationError as exc:
             return refused(request, self.model_admin, str(exc), status=400)
         export_format = request.POST.get("format", "")
         decrypted = self.subject or request.POST.get("decrypt") == "on"
+        try:  # before anything is counted: a refused user costs no scan
+            compliance.check_export(request.user, scope=scope, target=target, decrypted=decrypted)
+        except ApplicationError as exc:
+            return self.page(request, status=exc.http_status, title=f"Export: {scope} {target}", scope=scope,
+                             target=target, error=str(exc))
         # Events are append-only: "matching the selection, up to this position" is exactly what is sent.
         up_to = queryset.order_by("-position").values_list("position", flat=True).first() or 0
         queryset = queryset.filter(position__lte=up_to)
@@ -136,7 +156,7 @@ class ExportView(AdminActionView):
         try:
             compliance.grant_export(request.user, scope=scope, target=target, export_format=export_format,
                                     reason=request.POST.get("reason"), decrypted=decrypted, event_count=count,
-                                    up_to_position=up_to, criteria=criteria)
+                                    up_to_position=up_to, criteria=criteria, subject=subject)
         except ApplicationError as exc:
             return self.page(request, status=exc.http_status, title=f"Export: {scope} {target}", scope=scope,
                              target=target, up_to=up_to, error=str(exc))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from ..domain.aggregate import aggregate_classes
 from ..eventstore import AggregateNotFoundError, deserialize_event, get_event_sourcing_service
@@ -53,7 +53,8 @@ def masked_payload(payload: bytes) -> dict:
     try:
         data = json.loads(payload)
     except ValueError:
-        return {"(unreadable payload)": repr(bytes(payload)[:200])}
+        # Never the bytes themselves: they could be personal data in clear.
+        return {"(unreadable payload)": f"{len(bytes(payload))} bytes that are not JSON"}
     return {name: MASK if is_envelope(value) else value for name, value in data.items()}
 
 
@@ -248,18 +249,6 @@ def iter_export_rows(queryset, reveal: bool, chunk: int = 2000) -> Iterator[dict
         last = batch[-1].metadata.global_position
 
 
-def events_of_streams(stream_ids: Sequence[str]):
-    from ..models import Event
-
-    return Event.objects.filter(stream_id__in=list(stream_ids))
-
-
-def correlated(correlation_id: str):
-    from ..models import Event
-
-    return Event.objects.filter(correlation_id=correlation_id)
-
-
 def children_of(event_id: str, limit: int = 50) -> list[tuple[int, str, int, str]]:
     from ..models import Event
 
@@ -281,3 +270,80 @@ def cause_of(causation_id: str | None):
         return None
     return Event.objects.filter(event_id=causation_id).values_list("position", "stream_id", "version",
                                                                    "event_type").first()
+
+
+# --- what the audit pages read ----------------------------------------------------------
+
+def timeline(stream_id: str, after_version: int, limit: int) -> list[StoredEvent]:
+    from ..models import Event
+
+    return load_rows(Event.objects.filter(stream_id=stream_id, version__gt=after_version).order_by("version")[:limit])
+
+
+def event_at(position: int) -> tuple[StoredEvent, dict] | None:
+    """The event at a global position, and its store times (recorded, published)."""
+    from ..models import Event
+
+    found = load_rows(Event.objects.filter(position=position))
+    if not found:
+        return None
+    times = Event.objects.filter(position=position).values("recorded_at", "published_at").first()
+    return found[0], times
+
+
+def correlated_events(correlation_id: str, limit: int) -> list[tuple]:
+    """(position, stream id, version, type, occurred at) of the request's events, in order."""
+    from ..models import Event
+
+    return list(Event.objects.filter(correlation_id=correlation_id).order_by("position")
+                .values_list("position", "stream_id", "version", "event_type", "occurred_at")[:limit])
+
+
+def latest_snapshot(stream_id: str) -> tuple[int, datetime] | None:
+    from ..models import Snapshot
+
+    return (Snapshot.objects.filter(stream_id=stream_id).order_by("-version")
+            .values_list("version", "created_at").first())
+
+
+def subjects_of_stream(stream_id: str) -> list[str]:
+    """The data subjects whose keys protect this stream's personal data."""
+    from ..models import SubjectStream
+
+    return sorted(SubjectStream.objects.filter(stream_id=stream_id).values_list("subject", flat=True))
+
+
+@dataclass
+class SubjectSummary:
+    kind: str
+    subject_id: str
+    streams: list  # Stream rows
+    parent_stream: object | None  # a child's parent's stream (its consent records), if any
+    erasure: dict | None  # position, erased_by, reason, correlation_id of ChildDataErased
+
+
+def subject_summary(subject: str) -> SubjectSummary:
+    """A data subject's streams, a child's parent stream and how the child was erased."""
+    from ..models import Event, Stream, SubjectStream
+    from .privacy import streams_of_child
+
+    kind, subject_id = subject.split(":", 1)
+    if kind == "child":
+        names = streams_of_child(subject_id)
+    else:
+        names = sorted(SubjectStream.objects.filter(subject=subject).values_list("stream_id", flat=True))
+    streams = list(Stream.objects.filter(stream_id__in=names).order_by("stream_id"))
+    parent_stream, erasure = None, None
+    if kind == "child":
+        own = f"child.{subject_id}"
+        registered = Event.objects.filter(stream_id=own, version=1).values_list("payload", flat=True).first()
+        parent_id = masked_payload(registered).get("parent_id") if registered is not None else None
+        if parent_id:
+            parent_stream = Stream.objects.filter(stream_id=f"parent.{parent_id}").first()
+        found = (Event.objects.filter(stream_id=own, event_type="ChildDataErased")
+                 .values_list("position", "payload", "actor", "correlation_id").first())
+        if found is not None:
+            data = masked_payload(found[1])
+            erasure = {"position": found[0], "erased_by": data.get("erased_by") or found[2],
+                       "reason": data.get("reason"), "correlation_id": found[3]}
+    return SubjectSummary(kind, subject_id, streams, parent_stream, erasure)

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from django.contrib.auth.models import Permission
-from django.db.models import Q
 
 from ..domain.child import ERASURE_REASONS
-from ..eventstore.errors import IntegrityCheckError
+from ..domain import DomainError
+from ..eventstore.errors import EventStoreError, IntegrityCheckError
 from ..eventstore.records import StoredEvent
+from ..eventstore.serialization import subject_name
 from ..kafka.config import KafkaSettings
 from ..observability import current_correlation_id
 from ..operations.verify import VerificationReport, verify_integrity
@@ -49,16 +50,19 @@ class ReasonRequired(ApplicationError):
 
 
 def grants(user) -> frozenset[str]:
-    """The user's permission codenames in this app, from their groups and their own, never
-    from being a superuser (one query per request, kept on the user object)."""
+    """What the user may do in the audit trail: the permissions of the two groups they are in,
+    nothing else. Not from being a superuser, not from permissions given to the user or to any
+    other group: only joining these groups (or changing what they hold) grants anything, and
+    both are written to the access log. One query per request, kept on the user object."""
     cached = getattr(user, "_compliance_grants", None)
     if cached is not None:
         return cached
     if not (user.is_authenticated and user.is_active and user.is_staff):
         codenames: frozenset[str] = frozenset()
     else:
-        codenames = frozenset(Permission.objects.filter(content_type__app_label=APP_LABEL).filter(
-            Q(group__user=user) | Q(user=user)).values_list("codename", flat=True))
+        codenames = frozenset(Permission.objects.filter(
+            content_type__app_label=APP_LABEL, group__user=user, group__name__in=list(GROUP_PERMISSIONS))
+            .values_list("codename", flat=True))
     user._compliance_grants = codenames
     return codenames
 
@@ -95,7 +99,7 @@ def clean_reason(reason) -> str:
 
 def record(who, action: str, scope: str, target: str, *, reason: str = "", decrypted: bool = False,
            export_format: str = "", event_count: int = 0, up_to_position: int | None = None,
-           event_ids: list[str] | None = None, outcome: str = "", criteria: str = ""):
+           event_ids: list[str] | None = None, outcome: str = "", criteria: str = "", subject: str = ""):
     """Appends one record; `who` is a user, or an actor id ("user:<id>", "system:<name>") for
     management commands and scripts."""
     from ..models import AccessRecord
@@ -105,7 +109,7 @@ def record(who, action: str, scope: str, target: str, *, reason: str = "", decry
                          scope=scope, target=target[:500], reason=reason, correlation_id=current_correlation_id() or "-",
                          decrypted=decrypted, export_format=export_format, event_count=event_count,
                          up_to_position=up_to_position, event_ids=event_ids or [], outcome=outcome,
-                         criteria=criteria or target)
+                         criteria=criteria or target, subject=subject[:240])
     entry.save()
     logger.info("compliance %s of %s %s by %s (%s)", action, scope, target, entry.username, reason or "no reason given")
     return entry
@@ -147,27 +151,53 @@ def on_group_change(sender, instance, action, reverse, pk_set, **kwargs) -> None
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
-    if action not in ("post_add", "post_remove", "pre_clear"):
-        return
+    if action == "pre_clear":
+        change, chosen = "left", None  # everyone or every group: read before they go
+    elif action in ("post_add", "post_remove") and pk_set:
+        change, chosen = ("joined" if action == "post_add" else "left"), pk_set
+    else:
+        return  # an add of what was there already names nobody (pk_set is empty)
     roles = set(GROUP_PERMISSIONS)
     if reverse:  # group.user_set.add(...)
         if instance.name not in roles:
             return
-        pairs = [(user, instance.name) for user in get_user_model().objects.filter(
-            pk__in=pk_set or instance.user_set.values_list("pk", flat=True))]
+        users = get_user_model().objects.filter(pk__in=chosen) if chosen is not None else instance.user_set.all()
+        pairs = [(user, instance.name) for user in users]
     else:
-        groups = (Group.objects.filter(pk__in=pk_set) if pk_set is not None else instance.groups.all())
+        groups = Group.objects.filter(pk__in=chosen) if chosen is not None else instance.groups.all()
         pairs = [(instance, name) for name in groups.filter(name__in=roles).values_list("name", flat=True)]
-    change = "joined" if action == "post_add" else "left"
     for user, group in pairs:
-        _record_role(user, f"{change} {group}")
+        _record_role(f"user:{user.pk} {user.get_username()}", f"{change} {group}")
 
 
-def _record_role(user, outcome: str) -> None:
+def on_group_permissions_change(sender, instance, action, reverse, pk_set, **kwargs) -> None:
+    """m2m_changed of Group.permissions: what the two groups may do changes for all their
+    members at once, so it is recorded too."""
+    from django.contrib.auth.models import Group
+
+    if action == "pre_clear":
+        change, chosen = "lost", None
+    elif action in ("post_add", "post_remove") and pk_set:
+        change, chosen = ("gained" if action == "post_add" else "lost"), pk_set
+    else:
+        return
+    if reverse:  # permission.group_set.add(...)
+        groups = Group.objects.filter(pk__in=chosen) if chosen is not None else instance.group_set.all()
+        pairs = [(name, instance.codename) for name in groups.filter(name__in=list(GROUP_PERMISSIONS))
+                 .values_list("name", flat=True)]
+    else:
+        if instance.name not in GROUP_PERMISSIONS:
+            return
+        permissions = Permission.objects.filter(pk__in=chosen) if chosen is not None else instance.permissions.all()
+        pairs = [(instance.name, codename) for codename in permissions.values_list("codename", flat=True)]
+    for group, codename in pairs:
+        _record_role(f"group {group}", f"{change} permission {codename}")
+
+
+def _record_role(target: str, outcome: str) -> None:
     from ..observability import current_actor
 
-    actor = current_actor() or "system"
-    record(actor, "role", "user", f"user:{user.pk} {user.get_username()}", outcome=outcome)
+    record(current_actor() or "system", "role", "role", target, outcome=outcome)
 
 
 # --- reveal and export ------------------------------------------------------------------
@@ -176,8 +206,9 @@ def reveal(user, events: list[StoredEvent], *, scope: str, target: str, reason) 
     """Records that `user` sees these events' personal data, before it is shown."""
     require(user, "reveal_personal_data", "reveal personal data", action="reveal", target=target)
     reason = clean_reason(reason)
+    subjects = sorted({e.metadata.data_subject for e in events if e.metadata.data_subject})
     record(user, "reveal", scope, target, reason=reason, decrypted=True, event_count=len(events),
-           event_ids=[e.event_id for e in events])
+           event_ids=[e.event_id for e in events], subject=",".join(subjects))
     return reason
 
 
@@ -187,20 +218,25 @@ class ExportGrant:
     reason: str
 
 
-def grant_export(user, *, scope: str, target: str, export_format: str, reason, decrypted: bool,
-                 event_count: int, up_to_position: int | None, criteria: str = "") -> ExportGrant:
-    """Checks and records an export before its first byte is sent. A subject's export, and
-    any export in clear, is for privacy officers; compliance exports masked."""
-    if export_format not in ("csv", "json"):
-        raise ApplicationError(f"export format {str(export_format)[:20]!r}: choose csv or json")
+def check_export(user, *, scope: str, target: str, decrypted: bool) -> None:
+    """Whether the user may make this export at all (checked before anything is counted)."""
     require(user, "export_audit_trail", "export the audit trail", action="export", target=target)
     if scope == "subject":
         require(user, "export_data_subject", "export a data subject", action="export", target=target)
     if decrypted:
         require(user, "reveal_personal_data", "export personal data in clear", action="export", target=target)
+
+
+def grant_export(user, *, scope: str, target: str, export_format: str, reason, decrypted: bool,
+                 event_count: int, up_to_position: int | None, criteria: str = "", subject: str = "") -> ExportGrant:
+    """Checks and records an export before its first byte is sent. A subject's export, and
+    any export in clear, is for privacy officers; compliance exports masked."""
+    if export_format not in ("csv", "json"):
+        raise ApplicationError(f"export format {str(export_format)[:20]!r}: choose csv or json")
+    check_export(user, scope=scope, target=target, decrypted=decrypted)
     reason = clean_reason(reason)
     record(user, "export", scope, target, reason=reason, decrypted=decrypted, export_format=export_format,
-           event_count=event_count, up_to_position=up_to_position, criteria=criteria)
+           event_count=event_count, up_to_position=up_to_position, criteria=criteria, subject=subject)
     return ExportGrant(decrypted, reason)
 
 
@@ -224,15 +260,17 @@ def erase_child(user, *, child_id: str, typed_child_id: str, reason_code: str, n
 def _erase_on_record(who, actor: Actor, child_id: str, reason_code: str, note: str) -> ErasureReport:
     """The erasure between two access-log records: the request before anything is erased (an
     erasure never goes unrecorded), how it ended after."""
-    target = f"child.{child_id}"
-    record(who, "erase", "subject", target, reason=note, outcome=f"requested ({reason_code})")
+    target, subject = f"child.{child_id}", subject_name("child", child_id)
+    record(who, "erase", "subject", target, reason=note, outcome=f"requested ({reason_code})", subject=subject)
     try:
         report = erase_child_data(actor=actor, child_id=child_id, reason=reason_code)
     except Exception as exc:
-        record(who, "erase", "subject", target, reason=note, outcome=f"failed: {exc}")
+        record(who, "erase", "subject", target, reason=note, outcome=f"failed: {exc}", subject=subject)
+        if isinstance(exc, (DomainError, EventStoreError)):
+            raise ApplicationError(f"the erasure of child {child_id} failed: {exc}") from exc
         raise
     record(who, "erase", "subject", target, reason=note, event_count=report.encrypted_events,
-           outcome=f"done: {report}")
+           outcome=f"done: {report}", subject=subject)
     return report
 
 
@@ -250,7 +288,8 @@ def recorded_subject_export(actor_id: str, *, child_id: str, destination: str) -
     export = export_child_data(actor=Actor.operator(actor_id), child_id=child_id)
     events = sum(len(stream) for stream in export["streams"].values())
     record(actor_id, "export", "subject", f"child.{child_id}", reason="manage.py export_child", decrypted=True,
-           export_format="json", event_count=events, outcome=f"written to {destination}")
+           export_format="json", event_count=events, outcome=f"handed to {destination}",
+           subject=subject_name("child", child_id))
     return export
 
 
@@ -262,6 +301,7 @@ class IntegrityResult:
     target: str
     report: VerificationReport
     streams: list[str]
+    kafka_not_compared: str | None = None  # why the Kafka copies were not compared
 
     @property
     def ok(self) -> bool:
@@ -269,8 +309,12 @@ class IntegrityResult:
 
     def __str__(self) -> str:
         r = self.report
-        head = (f"{r.streams} streams, {r.events} events, {r.snapshots} snapshots checked; "
-                f"{r.kafka_checked} events compared with Kafka ({r.unpublished} not yet published)")
+        if self.kafka_not_compared:
+            kafka = f"NOT compared with Kafka: {self.kafka_not_compared}"
+        else:
+            kafka = (f"{r.kafka_checked} events compared with Kafka ({r.unpublished} not yet published, "
+                     f"{r.kafka_expired} removed from Kafka by retention)")
+        head = f"{r.streams} streams, {r.events} events, {r.snapshots} snapshots checked; {kafka}"
         if r.ok:
             return f"verified: {head}"
         return f"NOT VERIFIED: {len(r.problems)} problems, first {r.first_problem}; {head}"
@@ -278,36 +322,33 @@ class IntegrityResult:
 
 def verify(user, *, scope: str, target: str = "") -> IntegrityResult:
     """Verifies a stream, a child's streams or the whole store (hash chains, snapshots, and the
-    mirror against Kafka) and records that it ran and what it found."""
+    mirror against Kafka) and records that it ran and what it found. With Kafka unreachable
+    the rest is checked and the result says Kafka was not compared, instead of waiting for it."""
+    from ..operations.preflight import kafka_problem
+
     require(user, "verify_integrity", "run the integrity check")
-    kafka = KafkaSettings.from_django()
     if scope == "stream":
         streams = [target]
     elif scope == "subject":
         streams = streams_of_child(target)
         if not streams:
-            raise ApplicationError(f"no child {target}: nothing to verify")
+            raise NotFound(f"no child {target}: nothing to verify")
     elif scope == "store":
         streams = []
     else:
-        raise ApplicationError(f"integrity check of {scope!r}: choose stream, subject or store")
+        raise ApplicationError(f"integrity check of {str(scope)[:20]!r}: choose stream, subject or store")
+    kafka = KafkaSettings.from_django()
+    unreachable = kafka_problem(kafka.bootstrap_servers)
     report = VerificationReport()
     try:
         if scope == "store":
-            report = verify_integrity(kafka_settings=kafka)
+            report = verify_integrity(kafka_settings=None if unreachable else kafka)
         else:
             for stream_id in streams:
-                _merge(report, verify_integrity(stream_id, kafka_settings=kafka))
+                report.merge(verify_integrity(stream_id, kafka_settings=None if unreachable else kafka))
     except IntegrityCheckError as exc:
         raise ApplicationError(str(exc)) from None
-    result = IntegrityResult(scope, target or "everything", report, streams)
-    record(user, "verify", scope, result.target, outcome=str(result))
+    result = IntegrityResult(scope, target or "everything", report, streams, kafka_not_compared=unreachable)
+    record(user, "verify", scope, result.target, outcome=str(result),
+           subject=subject_name("child", target) if scope == "subject" else "")
     return result
-
-
-def _merge(total: VerificationReport, part: VerificationReport) -> None:
-    for name in ("streams", "events", "unpublished", "kafka_checked", "snapshots"):
-        setattr(total, name, getattr(total, name) + getattr(part, name))
-    total.chain_breaks += part.chain_breaks
-    total.snapshot_problems += part.snapshot_problems
-    total.kafka_differences += part.kafka_differences

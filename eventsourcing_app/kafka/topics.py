@@ -156,9 +156,10 @@ def _alter_whole(admin: AdminClient, topic: str, changes: tuple[ConfigChange, ..
         return str(exc)
 
 
-def provision_topics(settings: KafkaSettings, timeout: float = 15.0) -> list[TopicReport]:
+def provision_topics(settings: KafkaSettings, timeout: float = 15.0, *, apply_config: bool = True) -> list[TopicReport]:
     """Creates missing topics, sets the configured retention and cleanup on existing ones, and
-    reports what it did; idempotent."""
+    reports what it did; idempotent. With `apply_config=False` an existing topic's configuration
+    is only compared (reported `differs`), never changed."""
     admin = AdminClient(settings.admin_config())
     try:
         existing = admin.list_topics(timeout=timeout).topics
@@ -188,7 +189,10 @@ def provision_topics(settings: KafkaSettings, timeout: float = 15.0) -> list[Top
                           if not _same(name, entries[name].value if name in entries else None, value))
             if found:
                 changes[topic] = found
-    failures = _alter(admin, changes, {t: described[t] for t in changes}, timeout)
+    if apply_config:
+        failures = _alter(admin, changes, {t: described[t] for t in changes}, timeout)
+    else:
+        failures = {t: "left as it is here; `manage.py provision_topics` applies the configured one" for t in changes}
 
     for topic, count in present.items():
         topic_changes = changes.get(topic, ())
@@ -223,10 +227,12 @@ def provision_topics(settings: KafkaSettings, timeout: float = 15.0) -> list[Top
 
 
 def check_topics(settings: KafkaSettings, timeout: float = 10.0) -> None:
-    """Provisions missing topics and the configured retention; refuses to go on if a topic has
-    another partition count. A configuration the broker does not let us change is logged, not
-    refused: it decides how long Kafka keeps records, not where they go."""
-    mismatches = [r for r in provision_topics(settings, timeout) if r.action == "mismatch"]
+    """Before publishing: creates missing topics, refuses to go on if a topic has another
+    partition count. It never changes an existing topic's retention (a process started with
+    other settings must not shorten what Kafka keeps): a difference is logged, and
+    `manage.py provision_topics` applies it. Retention decides how long Kafka keeps records,
+    not where they go."""
+    mismatches = [r for r in provision_topics(settings, timeout, apply_config=False) if r.action == "mismatch"]
     if mismatches:
         raise KafkaTopicError(
             "refusing to publish: " + "; ".join(f"{r.topic} has {r.partitions} partitions, {r.detail}" for r in mismatches)

@@ -1,5 +1,4 @@
-"""The compliance admin: its append-only access log, the two roles, and a prefix index on
-stream ids for the admin's stream search."""
+"""The compliance admin: its append-only access log and the two roles."""
 
 from django.db import migrations, models
 
@@ -15,15 +14,12 @@ CREATE TRIGGER compliance_access_record_no_delete BEFORE DELETE ON compliance_ac
     FOR EACH ROW EXECUTE FUNCTION compliance_access_record_append_only();
 CREATE TRIGGER compliance_access_record_no_truncate BEFORE TRUNCATE ON compliance_access_record
     FOR EACH STATEMENT EXECUTE FUNCTION compliance_access_record_append_only();
--- Stream ids by prefix (LIKE 'child.abc%'): one index entry per stream, written once.
-CREATE INDEX IF NOT EXISTS eventstore_stream_id_prefix ON eventstore_stream (stream_id varchar_pattern_ops);
 """
 POSTGRES_REVERSE = """
 DROP TRIGGER IF EXISTS compliance_access_record_no_update ON compliance_access_record;
 DROP TRIGGER IF EXISTS compliance_access_record_no_delete ON compliance_access_record;
 DROP TRIGGER IF EXISTS compliance_access_record_no_truncate ON compliance_access_record;
 DROP FUNCTION IF EXISTS compliance_access_record_append_only();
-DROP INDEX IF EXISTS eventstore_stream_id_prefix;
 """
 SQLITE = [
     """CREATE TRIGGER compliance_access_record_no_update BEFORE UPDATE ON compliance_access_record
@@ -100,6 +96,7 @@ class Migration(migrations.Migration):
                 ('action', models.CharField(choices=[('reveal', 'reveal'), ('export', 'export'), ('erase', 'erase'), ('verify', 'verify'), ('role', 'role change')], max_length=10)),
                 ('scope', models.CharField(help_text='event, stream, correlation, events (a filtered list), subject or store', max_length=20)),
                 ('target', models.CharField(help_text='What was reached: an event, a stream, a child, a filter.', max_length=500)),
+                ('subject', models.CharField(blank=True, db_index=True, default='', help_text='The data subject the record is about (child:<id>), where one is.', max_length=240)),
                 ('criteria', models.TextField(blank=True, default='', help_text='The whole selection (every filter of an export), where the target is short.')),
                 ('reason', models.TextField()),
                 ('correlation_id', models.CharField(max_length=100)),

@@ -78,12 +78,6 @@ def require_kafka(bootstrap_servers: str, timeout: float = PROBE_TIMEOUT_SECONDS
         raise Unreachable(problem)
 
 
-def require_redis(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
-    problem = redis_problem(url, timeout)
-    if problem:
-        raise Unreachable(problem)
-
-
 def switch_off_publishing() -> None:
     """The process's event store, when it is built, gets no Kafka publisher: what it appends
     waits in the outbox for the relay. Only for a process that runs one command."""

@@ -41,6 +41,14 @@ class VerificationReport:
     kafka_expired: int = 0  # published, then removed from Kafka by retention
     snapshots: int = 0
 
+    def merge(self, other: "VerificationReport") -> None:
+        """Adds another check's counts and findings to this one (a child's streams, one by one)."""
+        for name in ("streams", "events", "unpublished", "kafka_checked", "kafka_expired", "snapshots"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.chain_breaks += other.chain_breaks
+        self.snapshot_problems += other.snapshot_problems
+        self.kafka_differences += other.kafka_differences
+
     @property
     def problems(self) -> list[IntegrityProblem]:
         return self.chain_breaks + self.snapshot_problems + self.kafka_differences

@@ -44,7 +44,8 @@ def serve_http(app):
     the test database); yields its base URL."""
     from django.conf import settings
 
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]
+    hosts = settings.ALLOWED_HOSTS
+    settings.ALLOWED_HOSTS = [*hosts, "127.0.0.1"]
     server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -52,3 +53,4 @@ def serve_http(app):
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+        settings.ALLOWED_HOSTS = hosts

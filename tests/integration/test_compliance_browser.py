@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from tests.conftest import LOG_DIR
 from tests.integration.compliance_helpers import PASSWORD, make_family, staff_user
 from tests.integration.helpers import serve_http
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# Debian's packages (scripts/test installs them); found on PATH.
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "chromium", shutil.which("chromedriver") or "chromedriver"
 SHOTS = Path(os.environ.get("TEDDY_SCREENSHOT_DIR") or LOG_DIR / "screenshots")
 
 
@@ -39,7 +41,7 @@ def site():
 @pytest.fixture
 def browser(tmp_path):
     for binary in (CHROMIUM, CHROMEDRIVER):
-        assert Path(binary).exists(), f"{binary} is missing: install Debian's chromium and chromium-driver"
+        assert Path(binary).exists(), f"{binary} is not on PATH: install Debian's chromium and chromium-driver"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1050",

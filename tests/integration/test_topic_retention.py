@@ -136,7 +136,7 @@ def test_overridden_retention_settings_are_applied_by_the_command(own_prefix, in
     assert "%3|" not in done.stderr and "FAIL" not in done.stderr
 
 
-def test_the_publishers_topic_check_stays_quiet_when_nothing_changes(own_prefix, independent_admin, caplog):
+def test_the_publishers_topic_check_stays_quiet_and_never_changes_retention(own_prefix, independent_admin, caplog):
     provision_topics(own_prefix)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="eventsourcing_app.kafka.topics"):
@@ -146,9 +146,12 @@ def test_the_publishers_topic_check_stays_quiet_when_nothing_changes(own_prefix,
     changed = own_prefix.with_changes(event_retention_ms=30 * DAY_MS)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="eventsourcing_app.kafka.topics"):
-        check_topics(changed)  # a start-up with new settings applies them, and says so
+        check_topics(changed)  # a process started with other settings says so, and changes nothing
     messages = [r.getMessage() for r in caplog.records if r.name == "eventsourcing_app.kafka.topics"]
-    assert len(messages) == 2 and all("retention.ms 31536000000 -> 2592000000" in m for m in messages)
+    assert len(messages) == 2 and all("retention.ms 31536000000 -> 2592000000" in m and "provision_topics" in m
+                                      for m in messages)
+    assert_configured(independent_admin, own_prefix)  # still the provisioned 365 days
+    provision_topics(changed)  # the operator's command applies it
     assert_configured(independent_admin, own_prefix, {**EVENT_TOPIC_CONFIG, "retention.ms": str(30 * DAY_MS)})
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -20,6 +21,9 @@ class Command(PublishesNothing, BaseCommand):
                             help="who asked for the export, 'user:<id>' (a staff member) or 'system:<name>'")
 
     def handle(self, *args, child_id, output, actor, **options):
+        # Checked first: the access log records an export only once it can be handed over.
+        if output and not _writable(output):
+            raise CommandError(f"cannot write {output}: no such folder or no permission; choose another --output")
         try:
             export = recorded_subject_export(actor, child_id=child_id, destination=output or "standard output")
         except (ApplicationError, EventStoreError) as exc:
@@ -32,3 +36,10 @@ class Command(PublishesNothing, BaseCommand):
             self.stderr.write(f"wrote {events} events of {len(export['streams'])} streams to {output}")
         else:
             sys.stdout.write(text + "\n")
+
+
+def _writable(path: str) -> bool:
+    if os.path.exists(path):
+        return os.path.isfile(path) and os.access(path, os.W_OK)
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.isdir(folder) and os.access(folder, os.W_OK)
