@@ -265,7 +265,8 @@ class VerifyView(AdminActionView):
         target = self.target_of(object_id)
         title = f"Verify the integrity of {self.scope} {target}".strip()
         try:
-            result = compliance.verify(request.user, scope=self.scope, target=target)
+            result = compliance.verify(request.user, scope=self.scope, target=target,
+                                       reason=request.POST.get("reason", ""))
         except ApplicationError as exc:
             return self.render(request, status=exc.http_status, title=title, scope=self.scope, target=target,
                                error=str(exc), may_verify=compliance.may(request.user, "verify_integrity"))

@@ -17,7 +17,6 @@ from ..domain.aggregate import aggregate_classes
 from ..eventstore import AggregateNotFoundError, deserialize_event, get_event_sourcing_service
 from ..eventstore.errors import EventStoreError, MalformedEventError, SubjectErasedError
 from ..eventstore.integrity import GENESIS_HASH, content_digest, next_chain_hash
-from ..eventstore.recorders import LOAD_COLUMNS, row_to_stored_event
 from ..eventstore.records import StoredEvent
 from ..eventstore.serialization import json_data, parse_stream_id
 from ..privacy.cipher import is_envelope
@@ -35,17 +34,9 @@ def utc_text(moment: datetime | None) -> str:
 
 # --- events ------------------------------------------------------------------------------
 
-def stored_events(rows) -> list[StoredEvent]:
-    """StoredEvents of Event rows fetched with `values_list(*LOAD_COLUMNS, "stream_id")`, with
-    the key rows of their subjects (one query)."""
-    recorder = get_event_sourcing_service().event_store.recorder
-    rows = list(rows)
-    materials = recorder.key_materials({row[9] for row in rows if row[9] is not None})
-    return [row_to_stored_event(row[15], row, materials.get(row[9])) for row in rows]
-
-
 def load_rows(queryset) -> list[StoredEvent]:
-    return stored_events(queryset.values_list(*LOAD_COLUMNS, "stream_id"))
+    """The StoredEvents of an Event queryset, in its order."""
+    return get_event_sourcing_service().event_store.recorder.stored_events(queryset)
 
 
 def masked_payload(payload: bytes) -> dict:

@@ -320,13 +320,14 @@ class IntegrityResult:
         return f"NOT VERIFIED: {len(r.problems)} problems, first {r.first_problem}; {head}"
 
 
-def verify(user, *, scope: str, target: str = "") -> IntegrityResult:
+def verify(user, *, scope: str, target: str = "", reason: str = "") -> IntegrityResult:
     """Verifies a stream, a child's streams or the whole store (hash chains, snapshots, and the
     mirror against Kafka) and records that it ran and what it found. With Kafka unreachable
     the rest is checked and the result says Kafka was not compared, instead of waiting for it."""
     from ..operations.preflight import kafka_problem
 
     require(user, "verify_integrity", "run the integrity check")
+    reason = clean_reason(reason) if isinstance(reason, str) and reason.strip() else ""  # optional: it harms nobody
     if scope == "stream":
         streams = [target]
     elif scope == "subject":
@@ -349,6 +350,6 @@ def verify(user, *, scope: str, target: str = "") -> IntegrityResult:
     except IntegrityCheckError as exc:
         raise ApplicationError(str(exc)) from None
     result = IntegrityResult(scope, target or "everything", report, streams, kafka_not_compared=unreachable)
-    record(user, "verify", scope, result.target, outcome=str(result),
+    record(user, "verify", scope, result.target, reason=reason, outcome=str(result),
            subject=subject_name("child", target) if scope == "subject" else "")
     return result

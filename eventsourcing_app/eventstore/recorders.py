@@ -357,6 +357,14 @@ class DjangoRecorder:
         materials = self.key_materials({row[9] for row in rows if row[9] is not None})
         return [row_to_stored_event(stream_id, row, materials.get(row[9])) for row in rows]
 
+    def stored_events(self, queryset) -> list[StoredEvent]:
+        """The events of an Event queryset (any streams, in its order), with their subjects' key
+        rows (one more query)."""
+        rows = list(queryset.using(self.alias).values_list(*LOAD_COLUMNS, "stream_id"))
+        subject = LOAD_COLUMNS.index("data_subject")
+        materials = self.key_materials({row[subject] for row in rows if row[subject] is not None})
+        return [row_to_stored_event(row[-1], row, materials.get(row[subject])) for row in rows]
+
     def stream_version(self, stream_id: str) -> int:
         from ..models import Stream
 

@@ -182,9 +182,10 @@ def test_verify_of_a_stream_and_of_everything_is_shown_and_recorded(family, comp
     client = login(compliance_user)
     url = f"/admin/eventsourcing_app/stream/{quote(f'child.{family.child_id}')}/verify/"
     assert "Verify now" in text(client.get(url))
-    result = client.post(url)
+    result = client.post(url, {"reason": "regulator's request #12"})
     assert result.status_code == 200 and 'class="ok"' in text(result)
-    assert AccessRecord.objects.filter(action="verify", scope="stream", username=compliance_user.username).exists()
+    assert AccessRecord.objects.filter(action="verify", scope="stream", username=compliance_user.username,
+                                       reason="regulator's request #12").exists()
     unknown = client.post(f"/admin/eventsourcing_app/stream/{quote('child.no-such-child')}/verify/")
     assert unknown.status_code == 400 and "does not exist" in text(unknown)
 

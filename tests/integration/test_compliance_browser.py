@@ -153,7 +153,8 @@ def test_an_officer_and_a_compliance_user_answer_who_changed_the_age(store, site
     # Prove it is unaltered.
     browser.get(f"{site}/admin/eventsourcing_app/stream/{stream_id}/change/")
     wait_for(browser, "#verify-stream").click()
-    wait_for(browser, "#verify-submit").click()
+    wait_for(browser, "#verify-reason").send_keys("proof for case 2026-118")
+    browser.find_element(By.ID, "verify-submit").click()
     result = wait_for(browser, "#verify-result")
     assert result.text.startswith("verified:"), result.text
     shot(browser, "07-integrity-verified")

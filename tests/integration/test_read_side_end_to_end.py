@@ -84,13 +84,19 @@ def test_a_command_over_http_reaches_the_read_model_through_kafka_and_the_worker
 WRITER = """
 import sys, django
 django.setup()
-from eventsourcing_app.application import Actor
+from eventsourcing_app.application import Actor, Conflict
 from eventsourcing_app.application.children import update_child_profile
 from eventsourcing_app.eventstore import get_event_store
 child_id, count, worker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 for i in range(count):
-    update_child_profile(actor=Actor.system(f"writer-{worker}"), child_id=child_id,
-                         changes={"interests": [f"w{worker}-{i}"]})
+    for attempt in range(5):  # a Conflict says "try again" (the handler gave up after its own retries)
+        try:
+            update_child_profile(actor=Actor.system(f"writer-{worker}"), child_id=child_id,
+                                 changes={"interests": [f"w{worker}-{i}"]})
+            break
+        except Conflict:
+            if attempt == 4:
+                raise
 get_event_store().flush(10)
 """
 
