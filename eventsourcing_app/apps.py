@@ -16,10 +16,14 @@ class EventsourcingAppConfig(AppConfig):
 
         from django.contrib.auth.models import Group
 
-        from .application.compliance import on_group_change, on_group_permissions_change
+        from django.db.models.signals import pre_delete, pre_save
+
+        from .application import compliance
 
         # Who holds a compliance role, and what the roles hold, is written to the access log.
-        m2m_changed.connect(on_group_change, sender=get_user_model().groups.through,
+        m2m_changed.connect(compliance.on_group_change, sender=get_user_model().groups.through,
                             dispatch_uid="compliance-role-changes")
-        m2m_changed.connect(on_group_permissions_change, sender=Group.permissions.through,
+        m2m_changed.connect(compliance.on_group_permissions_change, sender=Group.permissions.through,
                             dispatch_uid="compliance-role-permission-changes")
+        pre_save.connect(compliance.on_group_saving, sender=Group, dispatch_uid="compliance-role-renamed")
+        pre_delete.connect(compliance.on_group_deleting, sender=Group, dispatch_uid="compliance-role-deleted")

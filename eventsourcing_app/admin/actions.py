@@ -119,7 +119,7 @@ class ExportView(AdminActionView):
             scope, target = "correlation", selection["correlation_id"]
         else:
             scope, target = "events", criteria or "all events"
-        subject = selection.get("subject", "")
+        subject = selection.get("subject", "").strip()
         if subject and ":" not in subject:
             subject = f"child:{subject}"
         elif not subject and "stream" in selection:
@@ -171,7 +171,7 @@ class ExportView(AdminActionView):
 
 class AccessLogExportView(AdminActionView):
     template = "admin/eventsourcing_app/export_confirm.html"
-    COLUMNS = ("id", "at", "username", "user_id", "action", "scope", "target", "criteria", "reason",
+    COLUMNS = ("id", "at", "username", "user_id", "action", "scope", "target", "subject", "criteria", "reason",
                "correlation_id", "decrypted", "export_format", "event_count", "up_to_position", "event_ids", "outcome")
 
     def selected(self, request):
@@ -194,6 +194,11 @@ class AccessLogExportView(AdminActionView):
         except ApplicationError as exc:
             return refused(request, self.model_admin, str(exc), status=400)
         export_format = request.POST.get("format", "")
+        try:  # before anything is counted
+            compliance.check_export(request.user, scope="access-log", target=criteria or "all", decrypted=False)
+        except ApplicationError as exc:
+            return self.render(request, status=exc.http_status, title="Export the access log", scope="access log",
+                               target=criteria or "all", access_log=True, error=str(exc))
         last = queryset.order_by("-id").values_list("id", flat=True).first() or 0
         queryset = queryset.filter(id__lte=last)
         try:

@@ -3,11 +3,12 @@
 Two groups, made by migration: `compliance` (reads the audit trail with personal fields
 masked, exports it masked, runs integrity checks) and `privacy-officer` (also reveals personal
 data, exports a data subject decrypted and erases a child). What a user may do comes from
-their groups and own permissions only: a superuser gains nothing here by being one.
+these two groups' permissions only: not from being a superuser, nor from permissions given to
+the user or to any other group.
 
-Every reveal, export, erasure and integrity check is written to the access log
-(`AccessRecord`, append-only) with who, when, why and the request's correlation id; a reveal
-or an export is recorded before anything is shown, so nothing leaves unrecorded.
+Every reveal, export, erasure, integrity check, refused attempt and role change is written to
+the access log (`AccessRecord`, append-only) with who, when, why and the request's correlation
+id; a reveal or an export is recorded before anything is shown, so nothing leaves unrecorded.
 """
 from __future__ import annotations
 
@@ -105,14 +106,29 @@ def record(who, action: str, scope: str, target: str, *, reason: str = "", decry
     from ..models import AccessRecord
 
     user_id, username = _who(who)
+    subject = subject or _subject_of_target(target)
     entry = AccessRecord(at=datetime.now(timezone.utc), user_id=user_id, username=username, action=action,
                          scope=scope, target=target[:500], reason=reason, correlation_id=current_correlation_id() or "-",
                          decrypted=decrypted, export_format=export_format, event_count=event_count,
                          up_to_position=up_to_position, event_ids=event_ids or [], outcome=outcome,
-                         criteria=criteria or target, subject=subject[:240])
+                         criteria=criteria or target, subject=subject)
     entry.save()
     logger.info("compliance %s of %s %s by %s (%s)", action, scope, target, entry.username, reason or "no reason given")
     return entry
+
+
+def _subject_of_target(target: str) -> str:
+    """The data subject of a record whose target starts with a stream id ("child.x v1-5"):
+    so that refused attempts, checks and exports of a stream are found on the child's page."""
+    from ..models import SubjectStream
+
+    stream_id = target.split(" ", 1)[0]
+    if stream_id.startswith("child."):
+        return subject_name("child", stream_id.split(".", 1)[1])
+    if "." not in stream_id or len(stream_id) > 200:
+        return ""
+    subjects = sorted(SubjectStream.objects.filter(stream_id=stream_id).values_list("subject", flat=True)[:2])
+    return subjects[0] if subjects else ""
 
 
 def _who(who) -> tuple[int, str]:
@@ -147,27 +163,56 @@ def ensure_staff_member(username: str, password: str, group: str):
 
 def on_group_change(sender, instance, action, reverse, pk_set, **kwargs) -> None:
     """m2m_changed of User.groups: joining or leaving one of the two groups is recorded in the
-    access log, whoever did it (a superuser adding themselves too)."""
+    access log, whoever did it (a superuser adding themselves too). Only real changes: an add
+    of a member names nobody (Django sends an empty pk_set), a remove of a non-member neither."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
-    if action == "pre_clear":
-        change, chosen = "left", None  # everyone or every group: read before they go
-    elif action in ("post_add", "post_remove") and pk_set:
-        change, chosen = ("joined" if action == "post_add" else "left"), pk_set
-    else:
-        return  # an add of what was there already names nobody (pk_set is empty)
     roles = set(GROUP_PERMISSIONS)
-    if reverse:  # group.user_set.add(...)
-        if instance.name not in roles:
-            return
-        users = get_user_model().objects.filter(pk__in=chosen) if chosen is not None else instance.user_set.all()
-        pairs = [(user, instance.name) for user in users]
-    else:
+
+    def pairs(chosen):
+        if reverse:  # group.user_set.add(...)
+            if instance.name not in roles:
+                return []
+            users = get_user_model().objects.filter(pk__in=chosen) if chosen is not None else instance.user_set.all()
+            if action == "pre_remove":
+                users = users.filter(groups=instance)
+            return [(user, instance.name) for user in users]
         groups = Group.objects.filter(pk__in=chosen) if chosen is not None else instance.groups.all()
-        pairs = [(instance, name) for name in groups.filter(name__in=roles).values_list("name", flat=True)]
-    for user, group in pairs:
-        _record_role(f"user:{user.pk} {user.get_username()}", f"{change} {group}")
+        if action == "pre_remove":
+            groups = groups.filter(user=instance)
+        return [(instance, name) for name in groups.filter(name__in=roles).values_list("name", flat=True)]
+
+    if action == "pre_remove" and pk_set:
+        instance._compliance_leaving = pairs(pk_set)  # members now; recorded once they are gone
+    elif action == "post_remove":
+        for user, group in getattr(instance, "_compliance_leaving", []):
+            _record_role(f"user:{user.pk} {user.get_username()}", f"left {group}")
+        instance._compliance_leaving = []
+    elif action == "pre_clear":
+        for user, group in pairs(None):
+            _record_role(f"user:{user.pk} {user.get_username()}", f"left {group}")
+    elif action == "post_add" and pk_set:
+        for user, group in pairs(pk_set):
+            _record_role(f"user:{user.pk} {user.get_username()}", f"joined {group}")
+
+
+def on_group_saving(sender, instance, **kwargs) -> None:
+    """pre_save of a Group: renamed into or out of a role's name, it gives or takes the role
+    from all its members at once."""
+    roles = set(GROUP_PERMISSIONS)
+    before = type(instance).objects.filter(pk=instance.pk).values_list("name", flat=True).first() if instance.pk else None
+    if instance.pk and before != instance.name and (before in roles or instance.name in roles):
+        members = ", ".join(instance.user_set.values_list("username", flat=True)[:50])
+        _record_role(f"group {instance.name}", f"renamed from {before!r} (members: {members or 'none'})")
+
+
+def on_group_deleting(sender, instance, **kwargs) -> None:
+    """pre_delete of a Group: deleting a role group takes the role from its members, and no
+    m2m signal says so."""
+    if instance.name in GROUP_PERMISSIONS:
+        members = ", ".join(instance.user_set.values_list("username", flat=True)[:50])
+        _record_role(f"group {instance.name}", f"deleted (its members lose the role: {members or 'none'})")
 
 
 def on_group_permissions_change(sender, instance, action, reverse, pk_set, **kwargs) -> None:
@@ -206,9 +251,12 @@ def reveal(user, events: list[StoredEvent], *, scope: str, target: str, reason) 
     """Records that `user` sees these events' personal data, before it is shown."""
     require(user, "reveal_personal_data", "reveal personal data", action="reveal", target=target)
     reason = clean_reason(reason)
+    # One subject per record, the one the page is about (a stream holds one child's data; a
+    # rare second one is named in the criteria, and found through the event ids).
     subjects = sorted({e.metadata.data_subject for e in events if e.metadata.data_subject})
     record(user, "reveal", scope, target, reason=reason, decrypted=True, event_count=len(events),
-           event_ids=[e.event_id for e in events], subject=",".join(subjects))
+           event_ids=[e.event_id for e in events], subject=subjects[0] if subjects else "",
+           criteria=f"{target}; subjects {', '.join(subjects)}" if len(subjects) > 1 else "")
     return reason
 
 

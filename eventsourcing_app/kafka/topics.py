@@ -205,7 +205,7 @@ def provision_topics(settings: KafkaSettings, timeout: float = 15.0, *, apply_co
         else:
             action = "differs" if failure else "updated" if topic_changes else "exists"
         if failure:
-            notes.append(f"not changed: {failure}; change it with the broker's own tools")
+            notes.append(f"not changed: {failure}" + ("; change it with the broker's own tools" if apply_config else ""))
         if unread:
             notes.append(f"configuration not checked: the broker did not describe it ({unread})")
         reports.append(TopicReport(topic, action, count, "; ".join(notes), topic_changes))

@@ -321,3 +321,44 @@ def test_the_commands_export_and_erasure_are_in_the_access_log_too(family, offic
         ("export", officer.username, True, "handed"), ("erase", officer.username, False, "requested"),
         ("erase", officer.username, False, "done:")]
     assert records[0].event_count == len(sum(json.loads((tmp_path / "export.json").read_text())["streams"].values(), []))
+
+
+def test_a_permission_given_outside_the_two_groups_does_not_open_the_audit_trail(family):
+    from django.contrib.auth.models import Permission
+
+    user = staff_user(None)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_event", "view_accessrecord"]))
+    client = login(type(user).objects.get(pk=user.pk))
+    assert client.get("/admin/eventsourcing_app/event/").status_code == 403
+    assert client.get(f"/admin/eventsourcing_app/event/{family.age_event.pk}/change/").status_code == 403
+    assert client.get("/admin/eventsourcing_app/accessrecord/export/").status_code == 403
+    assert "Event store" not in text(client.get("/admin/"))
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def test_renaming_or_deleting_a_role_group_is_recorded_and_removing_a_non_member_is_not():
+    from django.contrib.auth.models import Group
+    from django.db import transaction
+
+    outsider = staff_user(None)
+    before = AccessRecord.objects.filter(action="role").count()
+    Group.objects.get(name="privacy-officer").user_set.remove(outsider)  # was never a member
+    assert AccessRecord.objects.filter(action="role").count() == before
+    member = staff_user("compliance")
+    try:  # the shared database keeps its groups: both changes are rolled back after the checks
+        with transaction.atomic():
+            group = Group.objects.get(name="compliance")
+            group.name = "compliance-renamed"
+            group.save()
+            renamed = AccessRecord.objects.filter(action="role", target="group compliance-renamed").get()
+            assert renamed.outcome.startswith("renamed from 'compliance'") and member.username in renamed.outcome
+            Group.objects.get(name="privacy-officer").delete()
+            assert AccessRecord.objects.filter(action="role", target="group privacy-officer",
+                                               outcome__startswith="deleted").exists()
+            raise _RolledBack
+    except _RolledBack:
+        pass
+    assert Group.objects.filter(name__in=["compliance", "privacy-officer"]).count() == 2

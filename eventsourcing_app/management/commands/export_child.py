@@ -30,7 +30,10 @@ class Command(PublishesNothing, BaseCommand):
             raise CommandError(str(exc)) from None
         text = json.dumps(export, indent=2, ensure_ascii=False, default=str)
         if output:
-            with open(output, "w", encoding="utf-8") as handle:
+            # Decrypted personal data: readable by its owner only (not the umask's 0644).
+            descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.chmod(output, 0o600)  # also when the file was there already
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 handle.write(text + "\n")
             events = sum(len(v) for v in export["streams"].values())
             self.stderr.write(f"wrote {events} events of {len(export['streams'])} streams to {output}")
