@@ -251,6 +251,12 @@ class TextFilter(admin.ListFilter):
     template = "admin/eventsourcing_app/text_filter.html"
     placeholder = ""
 
+    @classmethod
+    def on(cls, parameter_name: str, title: str, placeholder: str = "") -> type["TextFilter"]:
+        """The filter of one column, by its exact value."""
+        return type(f"{parameter_name.title().replace('_', '')}Filter", (cls,),
+                    {"parameter_name": parameter_name, "title": title, "placeholder": placeholder})
+
     def __init__(self, request, params, model, model_admin):
         super().__init__(request, params, model, model_admin)
         value = params.pop(self.parameter_name, None)
@@ -283,6 +289,11 @@ class DateRangeFilter(admin.ListFilter):
     field = ""
     title = "date"
     template = "admin/eventsourcing_app/date_range_filter.html"
+
+    @classmethod
+    def on(cls, field: str, title: str) -> type["DateRangeFilter"]:
+        """The filter of one date or time column, from and to (UTC)."""
+        return type(f"{field.title().replace('_', '')}RangeFilter", (cls,), {"field": field, "title": title})
 
     def __init__(self, request, params, model, model_admin):
         super().__init__(request, params, model, model_admin)
