@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.db.models import F, OuterRef, Q, Subquery
 from django.http import Http404
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
@@ -22,7 +22,7 @@ from ..domain.events import event_classes
 from ..eventstore.serialization import subject_name
 from ..models import AccessRecord, DeadLetter, Event, ProjectorState, Snapshot, Stream, SubjectKey, SubjectStream
 from . import actions
-from .base import ChoiceFilter, DateRangeFilter, KeysetAdmin, TextFilter, refused
+from .base import ChoiceFilter, DateRangeFilter, KeysetAdmin, TextFilter
 
 TIMELINE_PAGE = 50
 CORRELATED_SHOWN = 100
@@ -242,32 +242,16 @@ class StreamAdmin(KeysetAdmin):
         return super().changelist_view(request, {"keyset_tools": tools, **(extra_context or {})})
 
     def get_urls(self):
-        urls = [
-            path("<path:object_id>/reveal/", self.admin_site.admin_view(self.reveal_view),
-                 name="eventsourcing_app_stream_reveal"),
-            path("verify/", self.admin_site.admin_view(actions.VerifyView.as_view(model_admin=self, scope="store")),
-                 name="eventsourcing_app_verify_store"),
-            path("<path:object_id>/verify/",
-                 self.admin_site.admin_view(actions.VerifyView.as_view(model_admin=self, scope="stream")),
-                 name="eventsourcing_app_verify_stream"),
-        ]
-        return urls + super().get_urls()
+        return [
+            self.view_path("<path:object_id>/reveal/", self.reveal_view, "stream_reveal"),
+            self.view_path("verify/", actions.VerifyView.as_view(model_admin=self, scope="store"), "verify_store"),
+            self.view_path("<path:object_id>/verify/", actions.VerifyView.as_view(model_admin=self, scope="stream"),
+                           "verify_stream"),
+        ] + super().get_urls()
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        if request.method not in ("GET", "HEAD"):
-            return super().change_view(request, object_id, form_url, extra_context)
-        return self.render_stream(request, object_id, reveal=False)
-
-    def reveal_view(self, request, object_id):
-        if request.method != "POST":
-            return self.render_stream(request, object_id, reveal=False)
-        return self.render_stream(request, object_id, reveal=True)
-
-    def render_stream(self, request, object_id, *, reveal: bool):
+    def detail(self, request, object_id, *, reveal: bool):
         from django.contrib.admin.utils import unquote
 
-        if not self.has_view_permission(request):
-            return refused(request, self, "The audit trail needs the compliance or the privacy-officer group.")
         stream = self.get_object(request, unquote(object_id))
         if stream is None:
             raise Http404(f"no stream {unquote(object_id)!r}")
@@ -377,38 +361,21 @@ class EventAdmin(KeysetAdmin):
     def changelist_view(self, request, extra_context=None):
         tools = []
         if compliance.may(request.user, "export_audit_trail"):
-            query = request.GET.copy()
-            for name in ("after", "before"):
-                query.pop(name, None)
-            tools.append({"label": "Export these events",
-                          "url": reverse("admin:eventsourcing_app_event_export") + "?" + query.urlencode()})
+            tools.append({"label": "Export these events", "url": self.selection_url(request, "event_export")})
         return super().changelist_view(request, {"keyset_tools": tools, "keyset_newer_label": "Newer events",
                                                  "keyset_older_label": "Older events", **(extra_context or {})})
 
     def get_urls(self):
-        urls = [
-            path("export/", self.admin_site.admin_view(actions.ExportView.as_view(model_admin=self)),
-                 name="eventsourcing_app_event_export"),
-            path("<path:object_id>/reveal/", self.admin_site.admin_view(self.reveal_view),
-                 name="eventsourcing_app_event_reveal"),
-        ]
-        return urls + super().get_urls()
+        return [
+            self.view_path("export/", actions.ExportView.as_view(model_admin=self), "event_export"),
+            self.view_path("<path:object_id>/reveal/", self.reveal_view, "event_reveal"),
+        ] + super().get_urls()
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        if request.method not in ("GET", "HEAD"):
-            return super().change_view(request, object_id, form_url, extra_context)
-        return self.render_event(request, object_id, reveal=False)
-
-    def reveal_view(self, request, object_id):
-        return self.render_event(request, object_id, reveal=request.method == "POST")
-
-    def render_event(self, request, object_id, *, reveal: bool):
+    def detail(self, request, object_id, *, reveal: bool):
         try:
             position = int(object_id)
         except ValueError:
             raise Http404(f"no event at position {object_id!r}") from None
-        if not self.has_view_permission(request):
-            return refused(request, self, "The audit trail needs the compliance or the privacy-officer group.")
         found = audit.event_at(position)
         if found is None:
             raise Http404(f"no event at position {position}")
@@ -509,25 +476,17 @@ class DataSubjectAdmin(KeysetAdmin):
         return audit.utc_text(obj.destroyed_at) or "-"
 
     def get_urls(self):
-        urls = [
-            path("<path:object_id>/erase/", self.admin_site.admin_view(actions.EraseView.as_view(model_admin=self)),
-                 name="eventsourcing_app_subject_erase"),
-            path("<path:object_id>/export/",
-                 self.admin_site.admin_view(actions.ExportView.as_view(model_admin=self, subject=True)),
-                 name="eventsourcing_app_subject_export"),
-            path("<path:object_id>/verify/",
-                 self.admin_site.admin_view(actions.VerifyView.as_view(model_admin=self, scope="subject")),
-                 name="eventsourcing_app_verify_subject"),
-        ]
-        return urls + super().get_urls()
+        return [
+            self.view_path("<path:object_id>/erase/", actions.EraseView.as_view(model_admin=self), "subject_erase"),
+            self.view_path("<path:object_id>/export/", actions.ExportView.as_view(model_admin=self, subject=True),
+                           "subject_export"),
+            self.view_path("<path:object_id>/verify/", actions.VerifyView.as_view(model_admin=self, scope="subject"),
+                           "verify_subject"),
+        ] + super().get_urls()
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        if request.method not in ("GET", "HEAD"):
-            return super().change_view(request, object_id, form_url, extra_context)
+    def detail(self, request, object_id, *, reveal: bool):
         from django.contrib.admin.utils import unquote
 
-        if not self.has_view_permission(request):
-            return refused(request, self, "The audit trail needs the compliance or the privacy-officer group.")
         key = self.get_object(request, unquote(object_id))
         if key is None:
             raise Http404(f"no data subject {unquote(object_id)!r}")
@@ -586,16 +545,12 @@ class AccessRecordAdmin(KeysetAdmin):
     def changelist_view(self, request, extra_context=None):
         tools = []
         if compliance.may(request.user, "export_audit_trail"):
-            query = request.GET.copy()
-            for name in ("after", "before"):
-                query.pop(name, None)
-            tools.append({"label": "Export the access log",
-                          "url": reverse("admin:eventsourcing_app_access_export") + "?" + query.urlencode()})
+            tools.append({"label": "Export the access log", "url": self.selection_url(request, "access_export")})
         return super().changelist_view(request, {"keyset_tools": tools, **(extra_context or {})})
 
     def get_urls(self):
-        return [path("export/", self.admin_site.admin_view(actions.AccessLogExportView.as_view(model_admin=self)),
-                     name="eventsourcing_app_access_export")] + super().get_urls()
+        return [self.view_path("export/", actions.AccessLogExportView.as_view(model_admin=self), "access_export")
+                ] + super().get_urls()
 
 
 # --- the read side's operational records -------------------------------------------------

@@ -15,7 +15,10 @@ from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ValidationError
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.http import urlencode
 
 AFTER, BEFORE = "after", "before"
 CURSOR_PARAMS = (AFTER, BEFORE)
@@ -79,9 +82,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def history_view(self, request, object_id, extra_context=None):
         # Django's history is of admin edits, and there are none: an object's history is its events.
-        from django.shortcuts import redirect
-        from django.urls import reverse
-
         opts = self.model._meta
         return redirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id]))
 
@@ -180,6 +180,32 @@ class KeysetAdmin(ReadOnlyAdmin):
 
     def get_changelist(self, request, **kwargs):
         return KeysetChangeList
+
+    def detail(self, request, object_id: str, *, reveal: bool):
+        """The object's own page (GET at Django's change URL; POST at its reveal URL), or None
+        for Django's read-only form."""
+        return None
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method in ("GET", "HEAD") and type(self).detail is not KeysetAdmin.detail:
+            return self.guarded(request, object_id, reveal=False)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def reveal_view(self, request, object_id):
+        return self.guarded(request, object_id, reveal=request.method == "POST")
+
+    def guarded(self, request, object_id, *, reveal: bool):
+        if not self.has_view_permission(request):
+            return refused(request, self, "The audit trail needs the compliance or the privacy-officer group.")
+        return self.detail(request, object_id, reveal=reveal)
+
+    def view_path(self, route: str, view, name: str):
+        """An extra URL of this admin, behind the admin's login like its own."""
+        return path(route, self.admin_site.admin_view(view), name=f"eventsourcing_app_{name}")
+
+    def selection_url(self, request, url_name: str) -> str:
+        """An action's URL for this page's selection (its filters and search, no cursor)."""
+        return reverse(f"admin:eventsourcing_app_{url_name}") + "?" + urlencode(self.selection(request))
 
     def filter_params(self) -> set[str]:
         names = set()
