@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import subprocess
 import time
 from dataclasses import dataclass
@@ -74,13 +75,37 @@ class Service:
             self.process.wait(10)
 
 
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up once here: the code between fork and exec should do as little as possible.
+_prctl = _load_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Runs in a child between fork and exec: the kernel sends it SIGTERM when the process
+    that started it dies, however it dies (SIGKILL, a closed terminal), so no broker or
+    redis-server is left behind."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_tansu(port: int | None = None, log_path: Path | None = None) -> Service:
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
         [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
     )
     wait_for_port(port)
     return Service("kafka (tansu)", port, process)
@@ -92,7 +117,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> Service:
     process = subprocess.Popen(
         [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
          "--save", "", "--appendonly", "no", "--logfile", str(data_dir / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
     )
     wait_for_port(port)
     return Service("redis", port, process)

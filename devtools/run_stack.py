@@ -32,6 +32,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shlex
 import signal
 import socket
@@ -98,7 +99,14 @@ _stop_requested = threading.Event()
 
 
 def say(message: str = "") -> None:
-    print(f"run: {message}" if message else "", flush=True)
+    try:
+        print(f"run: {message}" if message else "", flush=True)
+    except BrokenPipeError:
+        # The console went away (`scripts/run | head`, a closed terminal): keep quiet from
+        # now on and stop everything, as on Ctrl-C.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        _stop_requested.set()
 
 
 def shown(path: Path) -> str:
@@ -131,28 +139,7 @@ def install_signal_handlers() -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-
-
-def _load_prctl():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# Looked up once here: the code between fork and exec should do as little as possible.
-_prctl = _load_prctl()
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in each child between fork and exec: the kernel sends the child SIGTERM if this
-    orchestrator dies without cleaning up (e.g. on SIGKILL), so nothing is left behind."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    signal.signal(signal.SIGHUP, request_stop)  # the terminal was closed
 
 
 def spawn(args: list[str], env: dict[str, str], output) -> subprocess.Popen:
@@ -162,7 +149,7 @@ def spawn(args: list[str], env: dict[str, str], output) -> subprocess.Popen:
     return subprocess.Popen(
         args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output,
         stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=_die_with_parent if _prctl else None,
+        preexec_fn=embedded.die_with_parent,
     )
 
 
@@ -296,11 +283,31 @@ def env_is_set(name: str) -> bool:
 
 
 def without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL at all: say so, print none of it (it may hold a password)
+        return "<not a URL>"
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redis_problem(url: str) -> str | None:
+    """Why the Redis at `url` does not answer a PING within seconds, or None."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    except ValueError as exc:
+        return f"{without_password(url)} is not a Redis URL ({exc}); e.g. redis://127.0.0.1:6379/0"
+    try:
+        client.ping()
+        return None
+    except redis.RedisError as exc:
+        return f"no Redis answers at {without_password(url)} ({exc})"
+    finally:
+        client.close()
 
 
 def start_infrastructure(stack: Stack) -> None:
@@ -315,6 +322,9 @@ def start_infrastructure(stack: Stack) -> None:
 
     if env_is_set("REDIS_URL"):
         say(f"redis     from environment: REDIS_URL={without_password(os.environ['REDIS_URL'])}")
+        problem = redis_problem(os.environ["REDIS_URL"])
+        if problem:  # at once, not later as a flood of readiness-probe errors
+            raise StartupError(f"REDIS_URL: {problem}; start that Redis, or unset REDIS_URL to use the embedded one")
     else:
         redis = embedded.start_redis(VAR / "redis")
         stack.started.append(redis)
@@ -705,13 +715,27 @@ def check_admin(base: str, login: dict) -> bool:
 
 
 def watch(stack: Stack) -> int:
-    """Blocks until Ctrl-C/SIGTERM (returns 0 via Stopping) or a child dies (returns 1)."""
+    """Blocks until Ctrl-C/SIGTERM/SIGHUP or the console goes away (returns 0 via Stopping) or a
+    child dies (returns 1)."""
     while True:
         child = dead_child(stack)
         if child:
             report_death(child)
             return 1
+        if console_gone():
+            say()  # meets the closed pipe: stops, as on Ctrl-C
+            _stop_requested.set()
         pause(0.5)
+
+
+def console_gone() -> bool:
+    """Whether nobody reads our output any more (`scripts/run | head` once head has exited)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 # --- Entry point --------------------------------------------------------------------------
@@ -743,6 +767,9 @@ def choose_port(args: argparse.Namespace) -> int:
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the web server binds: a port whose only users are the last run's closed
+        # connections (TIME_WAIT, for a minute after Ctrl-C) is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

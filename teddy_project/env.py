@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 T = TypeVar("T")
 
 
-def _read(name: str, default: str | None, parse: Callable[[str], T], expected: str) -> T:
+def _read(name: str, default: str | None, parse: Callable[[str], T], expected: str, secret: bool = False) -> T:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         if default is None:
@@ -26,9 +26,8 @@ def _read(name: str, default: str | None, parse: Callable[[str], T], expected: s
     try:
         return parse(raw.strip())
     except (TypeError, ValueError) as exc:
-        raise ImproperlyConfigured(
-            f"{name}={raw!r} is not valid: expected {expected} ({exc})."
-        ) from None
+        shown = name if secret else f"{name}={raw!r}"  # a secret is never printed, not even a bad one
+        raise ImproperlyConfigured(f"{shown} is not valid: expected {expected} ({exc}).") from None
 
 
 def env_str(name: str, default: str, pattern: str | None = None) -> str:
@@ -103,9 +102,9 @@ def env_master_keys(name: str) -> list[bytes]:
             try:
                 key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
             except (binascii.Error, ValueError):
-                raise ValueError(f"{item[:6]}... is not base64") from None
+                raise ValueError(f"key {len(keys) + 1} is not base64") from None
             if len(key) != 32:
-                raise ValueError(f"a key decodes to {len(key)} bytes, not 32")
+                raise ValueError(f"key {len(keys) + 1} decodes to {len(key)} bytes, not 32")
             keys.append(key)
         if not keys:
             raise ValueError("no key given")
@@ -113,7 +112,8 @@ def env_master_keys(name: str) -> list[bytes]:
 
     return _read(name, None, parse,
                  "base64 of 32 random bytes, e.g. from `python -c \"import os,base64;"
-                 "print(base64.b64encode(os.urandom(32)).decode())\"`; comma-separate older keys during a rotation")
+                 "print(base64.b64encode(os.urandom(32)).decode())\"`; comma-separate older keys during a rotation",
+                 secret=True)
 
 
 def env_frequencies(name: str) -> dict[str, int]:

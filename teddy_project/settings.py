@@ -85,12 +85,18 @@ TEMPLATES = [
 
 # --- Database: PostgreSQL in production and tests, a SQLite file for the one-command run.
 _default_db_url = f"sqlite:///{DATA_DIR / 'teddy.sqlite3'}"
+_database_url = env_str("DATABASE_URL", _default_db_url)
 try:
     # Reused connections are checked before each request's first query (a lost one is replaced).
-    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL", _default_db_url), conn_max_age=600,
-                                                  conn_health_checks=True)}
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=600, conn_health_checks=True)}
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not valid: {exc}") from None
+if (DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and DATABASES["default"]["NAME"] in ("", ":memory:")
+        and _database_url.strip() != "sqlite://:memory:"):
+    # dj-database-url reads sqlite://relative.db as a database in memory, lost at exit.
+    raise ImproperlyConfigured(
+        f"DATABASE_URL={_database_url!r} names no database file: write sqlite:///relative/path.db (three "
+        "slashes) or sqlite:////absolute/path.db (four)")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Writers wait for each other instead of failing with "database is locked".
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}

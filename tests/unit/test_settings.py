@@ -31,9 +31,10 @@ def start_django(**env) -> subprocess.CompletedProcess:
     ("REDIS_URL", "localhost:6379", "REDIS_URL='localhost:6379' is not valid"),
     ("DATABASE_URL", "nosuchdb://x", "DATABASE_URL"),
     ("TEDDY_MASTER_KEYS", "", "TEDDY_MASTER_KEYS is not set"),
-    ("TEDDY_MASTER_KEYS", "c2hvcnQ=", "a key decodes to 5 bytes, not 32"),
+    ("TEDDY_MASTER_KEYS", "c2hvcnQ=", "key 1 decodes to 5 bytes, not 32"),
     ("TEDDY_MASTER_KEYS", "not*base64!", "is not base64"),
     ("EVENTSTORE_SNAPSHOT_FREQUENCIES", "child:10", "EVENTSTORE_SNAPSHOT_FREQUENCIES"),
+    ("DATABASE_URL", "sqlite://relative.db", "names no database file: write sqlite:///relative/path.db"),
 ])
 def test_a_bad_value_names_the_variable(name, value, message):
     done = start_django(**{name: value})
@@ -44,3 +45,22 @@ def test_a_bad_value_names_the_variable(name, value, message):
 def test_defaults_start():
     done = start_django(DATABASE_URL="", KAFKA_BOOTSTRAP_SERVERS="", REDIS_URL="")
     assert done.returncode == 0, done.stderr[-500:]
+
+
+@pytest.mark.parametrize("value", ["c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "dGVzdC1vbmx5LW1hc3Rlci1rZXktMDEyMzQ1Njc4OTA=,c2VjcmV0"])
+def test_a_bad_master_key_is_never_printed(value):
+    done = start_django(TEDDY_MASTER_KEYS=value)
+    assert done.returncode != 0 and "TEDDY_MASTER_KEYS is not valid" in done.stderr
+    assert not [part for part in value.split(",") if part in done.stderr + done.stdout], done.stderr[-300:]
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("DATABASE_URL", "nosuchdb://x", "configuration error: DATABASE_URL is not valid"),
+    ("TEDDY_MASTER_KEYS", "c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "configuration error: TEDDY_MASTER_KEYS is not valid"),
+    ("DATABASE_URL", "sqlite://relative.db", "configuration error: DATABASE_URL='sqlite://relative.db' names no"),
+])
+def test_manage_py_says_a_bad_setting_in_one_line(name, value, message):
+    done = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TEDDY_MASTER_KEYS": A_MASTER_KEY, name: value})
+    assert done.returncode == 1 and done.stderr.startswith(message), done.stderr[-500:]
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
