@@ -15,7 +15,7 @@ from devtools.embedded import start_tansu
 from eventsourcing_app.eventstore import build_event_store
 from eventsourcing_app.kafka.consumer import StreamOrderGuard
 from eventsourcing_app.models import Stream
-from eventsourcing_app.operations.relay import outbox_backlog, relay_outbox
+from eventsourcing_app.operations.relay import KafkaUnavailableError, outbox_backlog, relay_outbox
 from eventsourcing_app.operations.verify import verify_integrity
 from tests.conftest import LOG_DIR, unique_stream
 from tests.events import notes
@@ -64,7 +64,16 @@ def test_appends_commit_while_the_broker_is_paused_and_the_relay_catches_up(own_
         finally:
             broker.resume()
 
-        report = relay_outbox(store, stream_types=[STREAM_TYPE])
+        # As beat runs it, every second: a broker just woken from a pause may not answer the
+        # first connection in time under load; a later run publishes.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                report = relay_outbox(store, stream_types=[STREAM_TYPE])
+                break
+            except KafkaUnavailableError:
+                assert time.monotonic() < deadline, "the relay never reached the resumed broker"
+                time.sleep(1.0)
         assert report.remaining == 0, report
         assert store.flush(30)
         skipped = assert_kafka_holds_the_mirror_in_stream_order(store, settings, streams)
