@@ -284,7 +284,7 @@ class StreamAdmin(KeysetAdmin):
                 state = audit.state_at(stream.stream_id, state_version, reveal=reveal)
             except Exception as exc:  # noqa: BLE001 - shown, never a 500
                 state_error = str(exc)
-        changes = audit.changes_between(stream.stream_id, start + 1, start + len(events), reveal=reveal) if events else {}
+        changes = audit.changes_of(stream.stream_id, events, reveal=reveal)
         rows = [{"stored": e, "url": event_url(e.metadata.global_position),
                  "occurred": audit.utc_text(e.metadata.timestamp),
                  "payload": audit.payload_of(e, reveal), "changes": changes.get(e.version)} for e in events]
@@ -390,7 +390,7 @@ class EventAdmin(KeysetAdmin):
                 reveal, error, status = False, str(exc), exc.http_status
         correlated = audit.correlated_events(meta.correlation_id, CORRELATED_SHOWN + 1) if meta.correlation_id else []
         cause = audit.cause_of(meta.causation_id)
-        changes = audit.changes_between(meta.stream_id, meta.version, meta.version, reveal=reveal).get(meta.version)
+        changes = audit.changes_of(meta.stream_id, [stored], reveal=reveal).get(meta.version)
         kafka = stored.kafka_position
         context = common_context(
             self, request, title=f"Event {meta.stream_id} v{meta.version}: {meta.event_type}", stored=stored,

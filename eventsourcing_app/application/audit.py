@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ..domain.aggregate import aggregate_classes
 from ..eventstore import AggregateNotFoundError, deserialize_event, get_event_sourcing_service
@@ -149,15 +149,17 @@ def state_at(stream_id: str, version: int, *, reveal: bool) -> dict:
     return {name: _shown(value, name in sensitive, reveal, erased) for name, value in aggregate.to_snapshot().items()}
 
 
-def changes_between(stream_id: str, from_version: int, to_version: int, *, reveal: bool) -> dict[int, EventChanges]:
-    """For each version in [from, to]: the aggregate's fields it changed, before and after.
+def changes_of(stream_id: str, events: Sequence[StoredEvent], *, reveal: bool) -> dict[int, EventChanges]:
+    """For each of these consecutive events of the stream (as the page already loaded them):
+    the aggregate's fields it changed, before and after.
 
-    Rebuilt from events (from the nearest snapshot below `from_version`); personal values are
-    compared decrypted inside this process but shown masked unless `reveal`, so a masked
-    page still tells which update touched the age."""
+    The state before the first is rebuilt from the nearest snapshot and the events after it;
+    personal values are compared decrypted inside this process but shown masked unless
+    `reveal`, so a masked page still tells which update touched the age."""
     cls, aggregate_id = _aggregate_class(stream_id)
-    if cls is None:
+    if cls is None or not events:
         return {}
+    from_version = events[0].version
     service = get_event_sourcing_service()
     if from_version > 1:
         try:
@@ -171,7 +173,7 @@ def changes_between(stream_id: str, from_version: int, to_version: int, *, revea
     erased = _subject_erased(stream_id)
     before = aggregate.to_snapshot()
     result: dict[int, EventChanges] = {}
-    for stored in service.event_store.load_events_sync(stream_id, from_version=from_version, to_version=to_version):
+    for stored in events:
         try:
             aggregate.apply_event(deserialize_event(stored))
         except Exception as exc:  # noqa: BLE001 - shown on the page, never a 500
