@@ -44,9 +44,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 from devtools import embedded
+# Plain functions (no Django settings needed): the orchestrator uses them before anything starts.
+from eventsourcing_app.operations.preflight import redis_problem, without_password
 
 ROOT = Path(__file__).resolve().parent.parent
 # Same rule as teddy_project/settings.py, so the SQLite file, static files and our logs
@@ -282,34 +284,6 @@ def env_is_set(name: str) -> bool:
     return bool(os.environ.get(name, "").strip())
 
 
-def without_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:  # not a URL at all: say so, print none of it (it may hold a password)
-        return "<not a URL>"
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def redis_problem(url: str) -> str | None:
-    """Why the Redis at `url` does not answer a PING within seconds, or None."""
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-    except ValueError as exc:
-        return f"{without_password(url)} is not a Redis URL ({exc}); e.g. redis://127.0.0.1:6379/0"
-    try:
-        client.ping()
-        return None
-    except redis.RedisError as exc:
-        return f"no Redis answers at {without_password(url)} ({exc})"
-    finally:
-        client.close()
-
-
 def start_infrastructure(stack: Stack) -> None:
     if env_is_set("KAFKA_BOOTSTRAP_SERVERS"):
         say(f"kafka     from environment: KAFKA_BOOTSTRAP_SERVERS={os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
@@ -324,7 +298,7 @@ def start_infrastructure(stack: Stack) -> None:
         say(f"redis     from environment: REDIS_URL={without_password(os.environ['REDIS_URL'])}")
         problem = redis_problem(os.environ["REDIS_URL"])
         if problem:  # at once, not later as a flood of readiness-probe errors
-            raise StartupError(f"REDIS_URL: {problem}; start that Redis, or unset REDIS_URL to use the embedded one")
+            raise StartupError(f"REDIS_URL: {problem}, or unset REDIS_URL to use the embedded one")
     else:
         redis = embedded.start_redis(VAR / "redis")
         stack.started.append(redis)

@@ -54,8 +54,12 @@ def kafka_problem(bootstrap_servers: str, timeout: float = PROBE_TIMEOUT_SECONDS
 
 
 def redis_problem(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> str | None:
-    """None if Redis answers a PING, else why not (one line)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    """None if Redis answers a PING, else why not (one line). Needs no Django: the one-command
+    run probes a given REDIS_URL with it before anything starts."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ValueError as exc:
+        return f"{without_password(url)} is not a Redis URL ({exc}); e.g. redis://127.0.0.1:6379/0"
     try:
         client.ping()
         return None
@@ -66,9 +70,12 @@ def redis_problem(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> str | Non
 
 
 def without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL at all: say so, print none of it (it may hold a password)
+        return "<not a URL>"
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
