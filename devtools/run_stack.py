@@ -312,6 +312,18 @@ def start_infrastructure(stack: Stack) -> None:
         say(f"database  SQLite {shown(VAR / 'teddy.sqlite3')} (settings default)")
 
 
+def use_metrics_dir(stack: Stack) -> None:
+    """Every process of the run (setup commands, web, worker, beat) writes its metrics into one
+    directory that /metrics adds up; emptied first, so the numbers are this run's."""
+    if env_is_set("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory = VAR / "metrics"
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    stack.env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
 # --- The environment for commands beside the stack -------------------------------------
 
 def settings_variables() -> set[str]:
@@ -529,11 +541,11 @@ def report_death(child: Child) -> None:
     print(tail(child.log_path), flush=True)
 
 
-def get(url: str) -> tuple[int | None, str]:
-    """(HTTP status or None, short body or error)."""
+def get(url: str, limit: int | None = 300) -> tuple[int | None, str]:
+    """(HTTP status or None, the body's first `limit` bytes (all: None) or the error)."""
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status, response.read(300).decode(errors="replace").strip()
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read(limit).decode(errors="replace").strip()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(300).decode(errors="replace").strip()
     except (OSError, ValueError) as exc:
@@ -585,6 +597,7 @@ def print_banner(base: str, credentials: tuple[str, str, str], login: dict | Non
           f"  Admin login  {username} / {password}   ({source})\n"
           f"  API          {base}/api/v1/children/\n"
           f"  API docs     {base}/api/docs/\n"
+          f"  Metrics      {base}/metrics        (Prometheus; dashboard: deploy/grafana/teddy-dashboard.json)\n"
           + "".join(f"  Admin login  {name} / {secret}   ({group}: the compliance audit trail)\n"
                     for name, group, secret in (login or {}).get("staff", []))
           + (f"  Parent login {login['email']} / {login['password']}   (demo parent {login['parent_id']})\n"
@@ -688,6 +701,39 @@ def check_admin(base: str, login: dict) -> bool:
     return True
 
 
+def check_metrics(stack: Stack, base: str, with_worker: bool) -> bool:
+    """/metrics names every metric the dashboard shows, and counts the demo's work done in
+    other processes: the setup's appends and, with a worker, the projectors' batches."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from eventsourcing_app.metrics import REQUIRED_METRICS
+
+    counted = {"teddy_events_appended_total"} | ({"teddy_projection_events_applied_total"} if with_worker else set())
+    last: list[str] = []
+
+    def complete() -> bool:
+        status, body = get(base + "/metrics", limit=None)
+        if status != 200:
+            last[:] = [f"GET /metrics -> {status or 'no answer'} {body[:200]}"]
+            return False
+        samples = {}
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
+        missing = sorted(name for name in REQUIRED_METRICS if name not in samples)
+        idle = sorted(name for name in counted if not samples.get(name))
+        last[:] = [f"missing {', '.join(missing)}" if missing else f"nothing counted yet in {', '.join(idle)}"]
+        return not missing and not idle
+
+    ok = wait_until(stack, complete, READY_TIMEOUT)
+    if ok:
+        say(f"metrics OK: {base}/metrics has all {len(REQUIRED_METRICS)} metrics the dashboard shows, "
+            f"with the demo's work counted ({', '.join(sorted(counted))})")
+    else:
+        say(f"metrics FAILED: {last[0] if last else 'no answer'}")
+    return ok
+
+
 def watch(stack: Stack) -> int:
     """Blocks until Ctrl-C/SIGTERM/SIGHUP or the console goes away (returns 0 via Stopping) or a
     child dies (returns 1)."""
@@ -774,6 +820,7 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
     if env_is_set("TEDDY_DATA_DIR"):
         stack.env["TEDDY_DATA_DIR"] = str(VAR)  # made absolute: the children run from ROOT
     (LOGS / "setup.log").write_bytes(b"")  # this run's setup output only
+    use_metrics_dir(stack)
 
     key_from_file = not env_is_set("TEDDY_MASTER_KEYS")
     if key_from_file:
@@ -794,6 +841,7 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
             ok = check_api(stack, base, login)
         if ok and login:
             ok = check_admin(base, login)
+        ok = ok and check_metrics(stack, base, with_worker=not args.no_worker)
         ok = ok and check_stack_env(stack)
         return 0 if ok else 1
     print_banner(base, credentials, login, health, kafka_is_embedded)

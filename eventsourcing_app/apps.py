@@ -7,9 +7,16 @@ class EventsourcingAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # metrics first: in multiprocess mode its values must be set up before any metric exists.
+        from . import metrics  # noqa: F401
         from . import bootstrap, checks  # noqa: F401 - checks registers the system checks
 
         bootstrap.install()  # the composition root: store, Kafka, privacy, Celery wired together
+        from django.conf import settings
+
+        from .readside.projectors import PROJECTORS
+
+        metrics.initialise(settings.EVENTSTORE["STREAM_TYPES"], PROJECTORS)
 
         from django.contrib.auth import get_user_model
         from django.db.models.signals import m2m_changed

@@ -1,7 +1,11 @@
-"""Correlation ids for logs and event metadata, carried through a request or task.
+"""Correlation ids for logs and event metadata, carried through a request or task, and the
+log lines that show them.
 
-A request may send `X-Correlation-ID`; otherwise one is made. Log records carry it as
-`correlation_id`, and the event store puts it on every event appended in that context.
+A request may send `X-Correlation-ID`; otherwise one is made. The event store puts it, the
+causation id and the actor on every event appended in that context. Every log record carries
+them as `correlation_id`, `causation_id` and `actor`, with `stream_id` while the store works
+on a stream (or given by the line itself, for lines about one event); LOG_FORMAT=json writes
+each record as one JSON object, the default is a readable line.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Iterator
 _correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 _causation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("causation_id", default=None)
 _actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("actor", default=None)
+_stream_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("stream_id", default=None)
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
 
@@ -52,10 +57,92 @@ def event_context(
             var.reset(token)
 
 
-class CorrelationIdFilter(logging.Filter):
+@contextmanager
+def stream_context(stream_id: str) -> Iterator[None]:
+    """Log lines written inside name this stream."""
+    token = _stream_id.set(stream_id)
+    try:
+        yield
+    finally:
+        _stream_id.reset(token)
+
+
+def event_log_fields(metadata) -> dict:
+    """`extra=` for a line about one stored event (its metadata), written outside the context
+    that appended it: the publisher's thread, the relay, a projector."""
+    return {"stream_id": metadata.stream_id, "correlation_id": metadata.correlation_id,
+            "causation_id": metadata.causation_id, "actor": metadata.actor}
+
+
+LOG_CONTEXT_FIELDS = ("correlation_id", "causation_id", "stream_id", "actor")
+
+
+def _actor_for_log() -> str | None:
+    # Never resolves a request's user for a log line (that may query the session store in the
+    # middle of whatever is being logged): only an actor already known is shown.
+    actor = _actor.get()
+    if callable(actor):
+        peek = getattr(actor, "peek", None)
+        return peek() if peek is not None else None
+    return actor
+
+
+class LogContextFilter(logging.Filter):
+    """Puts the context's ids on every record, unless the line gave its own (`extra=`)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.correlation_id = _correlation_id.get() or "-"
+        fields = record.__dict__
+        if fields.get("correlation_id") is None:
+            record.correlation_id = _correlation_id.get()
+        if fields.get("causation_id") is None:
+            record.causation_id = _causation_id.get()
+        if fields.get("stream_id") is None:
+            record.stream_id = _stream_id.get()
+        if fields.get("actor") is None:
+            record.actor = _actor_for_log()
         return True
+
+
+class PlainFormatter(logging.Formatter):
+    """`time LEVEL logger [cid=... stream=... actor=...] message`, naming only what is known."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(context)s%(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        shown = [f"{label}={getattr(record, name)}" for name, label in
+                 (("correlation_id", "cid"), ("causation_id", "caused-by"), ("stream_id", "stream"), ("actor", "actor"))
+                 if getattr(record, name, None)]
+        record.context = f"[{' '.join(shown)}] " if shown else ""
+        return super().format(record)
+
+
+def json_formatter():
+    """One JSON object per line: timestamp (UTC, ISO 8601), level, logger, message, the
+    context's ids (null when unknown), and whatever else the line gave in `extra=`."""
+    from pythonjsonlogger.json import JsonFormatter
+
+    return JsonFormatter(["levelname", "name", "message"], rename_fields={"levelname": "level", "name": "logger"},
+                         timestamp=True, json_ensure_ascii=False)
+
+
+class _RequestActor:
+    """The actor of a request, read when an event is appended (DRF authenticates tokens inside
+    the view and sets the user on this same request then)."""
+
+    def __init__(self, request) -> None:
+        self.request = request
+
+    def __call__(self) -> str | None:
+        return actor_of_request(self.request)
+
+    def peek(self) -> str | None:
+        from django.utils.functional import SimpleLazyObject, empty
+
+        user = self.request.__dict__.get("user")
+        if user is None or (isinstance(user, SimpleLazyObject) and user._wrapped is empty):
+            return None
+        return actor_of_request(self.request)
 
 
 def actor_of_request(request) -> str | None:
@@ -73,9 +160,7 @@ class CorrelationIdMiddleware:
     def __call__(self, request):
         incoming = request.headers.get("X-Correlation-ID", "")
         correlation_id = incoming if _SAFE_ID.fullmatch(incoming) else str(uuid.uuid4())
-        # Read when an event is appended, not now: DRF authenticates (tokens) inside the view
-        # and sets the user on this same request then.
-        with event_context(correlation_id=correlation_id, actor=lambda: actor_of_request(request)):
+        with event_context(correlation_id=correlation_id, actor=_RequestActor(request)):
             response = self.get_response(request)
         response["X-Correlation-ID"] = correlation_id
         return response

@@ -1,7 +1,7 @@
 """The Celery application: Redis as broker, tasks discovered in the Django apps."""
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "teddy_project.settings")
 
@@ -17,3 +17,14 @@ def _connect_context_propagation() -> None:
 
 
 _connect_context_propagation()
+
+
+@signals.setup_logging.connect(weak=False)
+def _use_django_logging(**kwargs) -> None:
+    """Workers and beat log like the web server (LOG_FORMAT, the context's ids on each line)
+    instead of Celery's own format: connecting this signal stops Celery configuring logging."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)

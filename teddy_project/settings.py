@@ -35,6 +35,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # request counts and latencies (/metrics)
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's static files under gunicorn
     "eventsourcing_app.admin.security.RejectNulMiddleware",
@@ -46,6 +47,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "eventsourcing_app.observability.CorrelationIdMiddleware",
     "axes.middleware.AxesMiddleware",  # turns a locked-out login into a 429 page
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 # The admin is the compliance audit trail: failed logins are limited per user name and
@@ -244,17 +246,31 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# --- Operations: logs and metrics.
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO", r"DEBUG|INFO|WARNING|ERROR|CRITICAL")
+# plain: readable lines (the local run); json: one JSON object per line, for a log collector.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain", r"plain|json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"correlation": {"()": "eventsourcing_app.observability.CorrelationIdFilter"}},
+    "filters": {"context": {"()": "eventsourcing_app.observability.LogContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [cid=%(correlation_id)s] %(message)s"},
+        "plain": {"()": "eventsourcing_app.observability.PlainFormatter"},
+        "json": {"()": "eventsourcing_app.observability.json_formatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["correlation"]},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+# Prometheus multiprocess mode: every process writes its metrics to files in this directory
+# (shared by the web server, the workers and beat) and /metrics adds them up. Unset: each
+# process keeps its own, as for a test or a command. prometheus_client reads the variable
+# itself; it is checked here so that a bad one stops the process at once.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "", r"([^-\s].*)?")
+if PROMETHEUS_MULTIPROC_DIR:
+    try:
+        Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR={PROMETHEUS_MULTIPROC_DIR!r} cannot be made: {exc}") from None

@@ -8,6 +8,8 @@ urlpatterns = [
     path("api/", include("eventsourcing_app.api.urls")),
     path("health/", views.health_live, name="health-live"),
     path("health/ready/", views.health_ready, name="health-ready"),
+    # Prometheus scrapes /metrics; no personal data is in it (labels name kinds, never ids).
+    path("metrics", views.metrics, name="metrics"),
 ]
 
 # Under /api/ errors keep the API's error shape; elsewhere Django's pages.

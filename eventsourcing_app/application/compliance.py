@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 from django.contrib.auth.models import Permission
 
+from .. import metrics
 from ..domain.child import ERASURE_REASONS
 from ..domain import DomainError
 from ..eventstore.errors import EventStoreError, IntegrityCheckError
@@ -257,6 +258,7 @@ def reveal(user, events: list[StoredEvent], *, scope: str, target: str, reason) 
     record(user, "reveal", scope, target, reason=reason, decrypted=True, event_count=len(events),
            event_ids=[e.event_id for e in events], subject=subjects[0] if subjects else "",
            criteria=f"{target}; subjects {', '.join(subjects)}" if len(subjects) > 1 else "")
+    metrics.PERSONAL_DATA_REVEALS.inc()
     return reason
 
 
@@ -285,6 +287,7 @@ def grant_export(user, *, scope: str, target: str, export_format: str, reason, d
     reason = clean_reason(reason)
     record(user, "export", scope, target, reason=reason, decrypted=decrypted, export_format=export_format,
            event_count=event_count, up_to_position=up_to_position, criteria=criteria, subject=subject)
+    metrics.PERSONAL_DATA_EXPORTS.labels("true" if decrypted else "false").inc()
     return ExportGrant(decrypted, reason)
 
 
@@ -338,6 +341,7 @@ def recorded_subject_export(actor_id: str, *, child_id: str, destination: str) -
     record(actor_id, "export", "subject", f"child.{child_id}", reason="manage.py export_child", decrypted=True,
            export_format="json", event_count=events, outcome=f"handed to {destination}",
            subject=subject_name("child", child_id))
+    metrics.PERSONAL_DATA_EXPORTS.labels("true").inc()
     return export
 
 

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from .. import metrics
 from ..domain import Child, Parent
 from ..eventstore import AggregateNotFoundError, deserialize_event, get_aggregate_cache, get_event_sourcing_service
 from ..eventstore.serialization import json_data, parse_stream_id, subject_name
@@ -86,6 +87,8 @@ def erase_child_data(*, actor: Actor, child_id: str, reason: str) -> ErasureRepo
         return child.stream_id
 
     run_command(actor, decide)
+    if done["destroyed"]:
+        metrics.ERASURES.inc()
     subjects = done["subjects"]
     left = []
     if not protection.announce_erasure(subjects):

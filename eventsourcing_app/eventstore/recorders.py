@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import psycopg
 from django.db import Error as DjangoDbError
 from django.db import IntegrityError, connections, transaction
-from django.db.models import Count, F, Max, Min
+from django.db.models import Count, F, Max, Min, Q
 from psycopg.types.datetime import TimestamptzLoader
 
 from .errors import EventStoreError
@@ -576,6 +576,26 @@ class DjangoRecorder:
             query = query.filter(stream_type__in=list(stream_types))
         totals = query.aggregate(streams=Count("stream_id"), events=Sum("version"))
         return totals["streams"] or 0, totals["events"] or 0
+
+    def stream_length_distribution(self, bounds: Sequence[int]) -> dict[str, tuple[list[int], int, int]]:
+        """Per stream type: how many streams have at most each of `bounds` events (cumulative,
+        as Prometheus buckets), how many streams there are, and their events. One scan of the
+        streams table (one row per stream, not per event)."""
+        from django.db.models import Sum
+
+        from ..models import Stream
+
+        buckets = {f"le_{b}": Count("stream_id", filter=Q(version__lte=b)) for b in bounds}
+        rows = (Stream.objects.using(self.alias).values("stream_type")
+                .annotate(streams=Count("stream_id"), events=Sum("version"), **buckets))
+        return {row["stream_type"]: ([row[f"le_{b}"] for b in bounds], row["streams"], row["events"] or 0)
+                for row in rows}
+
+    def erased_subjects(self) -> int:
+        """Data subjects whose key was destroyed."""
+        from ..models import SubjectKey
+
+        return SubjectKey.objects.using(self.alias).filter(destroyed_at__isnull=False).count()
 
     def begin_maintenance(self, name: str, detail: str) -> datetime:
         """Marks `name` in progress (replacing an unfinished one); returns its start: the start of

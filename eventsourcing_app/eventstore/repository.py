@@ -9,6 +9,7 @@ events after it. Temporal loads give the state as of a version or a point in tim
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -16,7 +17,9 @@ from typing import Generic, TypeVar
 from asgiref.sync import sync_to_async
 from django.db import transaction
 
+from .. import metrics
 from ..domain.aggregate import EventSourcedAggregate
+from ..observability import stream_context
 from .cache import AggregateCache
 from .errors import EventStoreError, MalformedEventError
 from .ports import SnapshotScheduler
@@ -100,6 +103,10 @@ class EventSourcingRepositoryImpl(Generic[A]):
         before it). Raises AggregateNotFoundError if the stream has no such state."""
         aggregate_id = str(aggregate_id)
         stream_id = self.stream_id(aggregate_id)
+        with stream_context(stream_id):
+            return self._load(aggregate_id, stream_id, version, as_of)
+
+    def _load(self, aggregate_id: str, stream_id: str, version: int | None, as_of: datetime | None) -> A:
         if version is not None and as_of is not None:
             raise EventStoreError("give a version or a point in time, not both")
         if as_of is not None:
@@ -110,6 +117,7 @@ class EventSourcingRepositoryImpl(Generic[A]):
             raise EventStoreError(f"version must be a whole number of 1 or more, not {version!r}")
 
         cls = self.aggregate_class
+        started = time.perf_counter()
         aggregate, started_from, current, material = None, "empty", None, None
         if version is None and self.cache is not None:
             aggregate, current, material = self._from_cache(aggregate_id, stream_id)
@@ -139,6 +147,8 @@ class EventSourcingRepositoryImpl(Generic[A]):
         if version is not None and aggregate.version != version:
             raise AggregateNotFoundError(f"{stream_id} has no version {version} (it is at {aggregate.version})")
         self.last_load = LoadReport(stream_id, aggregate.version, started_from, base, len(events))
+        metrics.LOAD_SECONDS.labels(cls.aggregate_type, started_from).observe(time.perf_counter() - started)
+        metrics.LOAD_EVENTS_REPLAYED.labels(cls.aggregate_type, started_from).observe(len(events))
         if version is None and self.cache is not None and events:
             last = events[-1]
             material = next((e.subject_key for e in reversed(events) if e.subject_key is not None), material)

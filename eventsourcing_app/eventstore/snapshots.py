@@ -21,7 +21,9 @@ from typing import Iterable
 
 from asgiref.sync import sync_to_async
 
+from .. import metrics
 from ..domain.aggregate import EventSourcedAggregate
+from ..observability import stream_context
 from .errors import EventStoreError, MalformedEventError, SubjectErasedError
 from .ports import FieldProtection, Publisher
 from .records import KeyMaterial
@@ -107,6 +109,11 @@ class SnapshotStore:
 
     def save_snapshot_sync(self, stream_id: str, aggregate: EventSourcedAggregate,
                            version: int | None = None, *, material: KeyMaterial | None = None) -> SnapshotRecord:
+        with stream_context(stream_id):
+            return self._save_snapshot(stream_id, aggregate, version, material)
+
+    def _save_snapshot(self, stream_id: str, aggregate: EventSourcedAggregate, version: int | None,
+                       material: KeyMaterial | None) -> SnapshotRecord:
         stream_type, _ = parse_stream_id(stream_id)
         version = aggregate.version if version is None else version
         if aggregate.stream_id != stream_id:
@@ -130,6 +137,7 @@ class SnapshotStore:
         schema = aggregate.snapshot_schema_version
         seal = self.field_protection.seal(seal_message("snapshot", stream_id, version, schema, subject, chain, blob))
         created_at = self.recorder.insert_snapshot(stream_id, version, stream_type, schema, blob, seal, subject)
+        metrics.SNAPSHOTS_CREATED.labels(stream_type).inc()
         self._publish(stream_id, version, stream_type, schema, subject, blob, seal)
         self.prune(stream_id)
         logger.info("snapshot of %s at version %d", stream_id, version)

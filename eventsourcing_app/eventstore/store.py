@@ -20,8 +20,9 @@ from typing import Literal, Sequence
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
+from .. import metrics
 from ..domain.events import DomainEvent
-from ..observability import current_actor, current_causation_id, current_correlation_id
+from ..observability import current_actor, current_causation_id, current_correlation_id, stream_context
 from .errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -81,6 +82,22 @@ class EventStore:
     ) -> AppendResult:
         stream_type = self._check_stream(stream_id, for_append=True)
         self._check_expected(expected_version)
+        started = time.perf_counter()
+        with stream_context(stream_id):
+            try:
+                return self._append(stream_id, stream_type, events, expected_version, correlation_id, causation_id,
+                                    actor)
+            except ConcurrencyError:
+                metrics.APPEND_CONFLICTS.labels(stream_type).inc()
+                raise
+            except EventStoreError as exc:
+                metrics.APPEND_FAILURES.labels(stream_type, type(exc).__name__).inc()
+                raise
+            finally:
+                metrics.APPEND_SECONDS.labels(stream_type).observe(time.perf_counter() - started)
+
+    def _append(self, stream_id, stream_type, events, expected_version, correlation_id, causation_id,
+                actor) -> AppendResult:
         context = {
             "correlation_id": correlation_id if correlation_id is not None else current_correlation_id(),
             "causation_id": causation_id if causation_id is not None else current_causation_id(),
@@ -107,9 +124,15 @@ class EventStore:
             # transaction must never encrypt anything again.
             transaction.on_commit(keys.stored, using=self.recorder.alias, robust=True)
         if result.idempotent:
+            metrics.APPEND_IDEMPOTENT.labels(stream_type).inc()
             logger.info("re-append of %d events to %s at version %d was already stored", len(pending), stream_id,
                         result.first_version)
             return result
+        counts: dict[str, int] = {}
+        for p in pending:
+            counts[p.event_type] = counts.get(p.event_type, 0) + 1
+        # Counted once committed: an append rolled back with the caller's transaction never was.
+        transaction.on_commit(lambda: _count_appended(stream_type, counts), using=self.recorder.alias, robust=True)
         logger.debug("appended %d events to %s (version %d)", len(pending), stream_id, result.last_version)
         if self.publisher is not None:
             first = result.first_version
@@ -313,6 +336,11 @@ def _check_metadata(name: str, value: object) -> None:
     if bad:
         raise EventStoreError(f"{name} holds U+{ord(bad.group()):04X} at position {bad.start()}, a control character "
                               "or a lone surrogate; metadata must be printable text")
+
+
+def _count_appended(stream_type: str, counts: dict[str, int]) -> None:
+    for event_type, count in counts.items():
+        metrics.EVENTS_APPENDED.labels(stream_type, event_type).inc(count)
 
 
 def _first_line(exc: Exception) -> str:

@@ -29,6 +29,7 @@ from typing import Sequence
 from confluent_kafka import KafkaError, KafkaException, Producer
 from django.db import close_old_connections, connections
 
+from .. import metrics
 from ..eventstore.integrity import canonical_timestamp
 from ..eventstore.recorders import DjangoRecorder
 from ..eventstore.records import Publication, StoredEvent
@@ -215,10 +216,12 @@ class EventPublisher:
                         self._poison(publication, error)
                         refused.add(meta.stream_id)
                         break
+                    metrics.PUBLISH_ERRORS.labels("produce").inc()
                     self._replace_producer(f"could not hand {meta.stream_id} v{meta.version} to Kafka: {exc}")
                     return False
                 except Exception as exc:  # noqa: BLE001 - whatever it is, a new producer is the cure
                     self._failed(meta.stream_id)
+                    metrics.PUBLISH_ERRORS.labels("produce").inc()
                     self._replace_producer(f"unexpected producer error: {exc!r}")
                     return False
             if meta.stream_id not in refused:
@@ -236,18 +239,20 @@ class EventPublisher:
     def _poison(self, publication: tuple[int, str, int, int], error: KafkaError) -> None:
         position, stream_id, version, _ = publication
         self.poison_events += 1
+        metrics.POISON_EVENTS.inc()
         self._tails.pop(stream_id, None)
         try:
             attempts = self.recorder.record_poison(position, stream_id, version, f"{error.name()}: {error.str()}")
         except Exception:  # noqa: BLE001 - the refusal is logged either way
-            logger.exception("could not record the poison event %s v%s", stream_id, version)
+            logger.exception("could not record the poison event %s v%s", stream_id, version,
+                             extra={"stream_id": stream_id})
             attempts = 1
         if attempts == 1:
             logger.error("Kafka refused %s v%s for good (%s: %s): the stream is held at version %s and the relay "
                          "retries it now and then. Fix the cause (a topic with a lower max.message.bytes than "
                          "EVENTSTORE_MAX_EVENT_BYTES, a missing topic: `manage.py provision_topics`); "
                          "`manage.py relay_outbox --poison` lists what is held.",
-                         stream_id, version, error.name(), error.str(), version - 1)
+                         stream_id, version, error.name(), error.str(), version - 1, extra={"stream_id": stream_id})
 
     def publish_record(self, topic: str, key: str, value: bytes | None, headers: list[tuple[str, bytes]],
                        timeout: float = 10.0, wait: bool = True) -> tuple[str, int, int] | None:
@@ -321,6 +326,7 @@ class EventPublisher:
         try:
             if old is not None:
                 self.replacements += 1
+                metrics.PRODUCER_REPLACEMENTS.inc()
                 logger.warning("replacing the Kafka producer (%s)", self.last_error or "after a fault")
                 old.purge()  # their delivery reports fail; those events stay in the outbox
                 old.flush(2.0)  # serves those reports
@@ -357,6 +363,8 @@ class EventPublisher:
             return
         self.errors += 1
         self._unreported_failures += 1
+        metrics.PUBLISH_ERRORS.labels("refused" if err.code() in PERMANENT_ERRORS else
+                                      "purged" if err.code() in _PURGED else "not_acknowledged").inc()
         if err.code() in PERMANENT_ERRORS:
             self._poison(publication, err)
             self._failed(stream_id)
@@ -367,7 +375,7 @@ class EventPublisher:
             self._replace = True
         if self._unreported_failures == 1:
             logger.warning("Kafka did not acknowledge %s v%s (%s); it waits in the outbox for the relay",
-                           stream_id, version, err)
+                           stream_id, version, err, extra={"stream_id": stream_id})
         self._failed(stream_id)
 
     def _failed(self, stream_id: str) -> None:
@@ -443,6 +451,7 @@ class EventPublisher:
         try:
             close_old_connections()  # a connection lost earlier is replaced, not reused
             self.recorder.record_publications(batch)
+            metrics.EVENTS_PUBLISHED.inc(len(batch))
         except Exception:
             logger.exception("could not record %d Kafka positions; the relay will publish those events again", len(batch))
         with self._idle:

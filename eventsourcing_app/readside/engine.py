@@ -30,9 +30,11 @@ from typing import Callable, ClassVar, Sequence
 from django.db import DataError, IntegrityError, transaction
 from django.db.models import F
 
+from .. import metrics
 from ..eventstore import get_event_store
 from ..eventstore.records import StoredEvent
 from ..eventstore.serialization import deserialize_event, parse_stream_id, registry
+from ..observability import event_log_fields
 from .models import DeadLetter, ProjectorCheckpoint, StreamProgress
 from .personal import SubjectKeyRing
 
@@ -170,6 +172,7 @@ class ProjectionEngine:
         the checkpoint since this engine last wrote it. `unreadable`: Kafka records of the batch
         that are no events of this store, (partition, offset, error), kept as dead letters in the
         same transaction, so that none is passed over without a trace."""
+        started = time.perf_counter()
         events = [e for e in events if self._follows(e)]
         self._unreadable = list(unreadable)
         position = self.position
@@ -198,6 +201,11 @@ class ProjectionEngine:
             self._pending = {}
             raise
         self.position = _Position(offsets, position.events_applied + result.applied, position.revision + 1)
+        metrics.PROJECTION_BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        if result.applied:
+            metrics.PROJECTION_EVENTS_APPLIED.labels(self.name).inc(result.applied)
+        if result.dead_letters or self._unreadable:
+            metrics.DEAD_LETTERS_CREATED.labels(self.name).inc(result.dead_letters + len(self._unreadable))
         if len(self._known) > 200_000:  # bounded memory; a miss costs one query
             self._known.clear()
         self._known.update(self._pending)
@@ -403,7 +411,7 @@ class ProjectionEngine:
             row.held_at_version = version
             meta = failure.stored.metadata
             logger.error("projector %s: %s version %d could not be applied; the stream waits behind it: %s",
-                         self.name, sid, version, failure.error)
+                         self.name, sid, version, failure.error, extra=event_log_fields(meta))
             letter, created = DeadLetter.objects.get_or_create(
                 projector=self.name, generation=self.generation, stream_id=sid, version=version,
                 defaults={"event_id": meta.event_id if meta.version == version else "",
