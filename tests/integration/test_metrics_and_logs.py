@@ -1,0 +1,321 @@
+"""Operators' view: /metrics counts what the store, its publisher, loads, snapshots,
+projections and compliance actions did, across processes; the Grafana dashboard shows only
+metrics the app exports; log lines carry the request's ids, as JSON when asked.
+
+Proven here:
+- appends, conflicts, idempotent re-appends, loads (by what they started from), snapshots,
+  reveals, exports and erasures are counted once each, and an append rolled back with its
+  caller's transaction is not counted;
+- /metrics serves the database's gauges (outbox backlog, stream lengths, projection lag and
+  dead letters per projector, erased subjects) and every metric operators are promised;
+- every query of every panel of deploy/grafana/teddy-dashboard.json names a metric /metrics
+  serves, and every promised metric is on some panel;
+- in multiprocess mode, /metrics of one process adds up what other OS processes counted
+  (a forked child included, as in a Celery or gunicorn pool);
+- LOG_FORMAT=json writes one JSON object per line with the correlation id, causation id,
+  stream id and actor of an event-store line, in a Django process and a Celery one; the
+  default stays a readable line with the same ids.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+
+import pytest
+from django.db import transaction
+from django.test import Client
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from eventsourcing_app.domain import Child
+from eventsourcing_app.eventstore import ConcurrencyError, EventSourcingRepositoryImpl, get_snapshot_store
+from eventsourcing_app.metrics import REQUIRED_METRICS
+from eventsourcing_app.readside.projectors import PROJECTORS
+from tests.conftest import unique_stream
+from tests.events import notes
+from tests.integration.conftest import REPO, database_url
+from tests.integration.helpers import new_child
+
+DASHBOARD = REPO / "deploy" / "grafana" / "teddy-dashboard.json"
+
+
+def value(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def scrape(client: Client | None = None) -> dict[str, list]:
+    """/metrics as a user of it sees it: sample name -> [(labels, value)]."""
+    response = (client or Client()).get("/metrics")
+    assert response.status_code == 200, response.content[:300]
+    assert response["Content-Type"].startswith("text/plain")
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+# --- counted in the process -----------------------------------------------------------
+
+def test_appends_conflicts_and_re_appends_are_counted_once_each(store):
+    stream = unique_stream("test")
+    labels = {"stream_type": "test", "event_type": "test.NoteRecorded"}
+    appended, conflicts = value("teddy_events_appended_total", **labels), value("teddy_append_conflicts_total",
+                                                                                 stream_type="test")
+    idempotent = value("teddy_append_idempotent_total", stream_type="test")
+    calls = value("teddy_append_duration_seconds_count", stream_type="test")
+
+    events = notes(3)
+    store.append_events_sync(stream, events, expected_version=0)
+    store.append_events_sync(stream, events, expected_version=0)  # a retry of the same events
+    with pytest.raises(ConcurrencyError):
+        store.append_events_sync(stream, notes(1), expected_version=0)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        store.append_events_sync(stream, notes(2), expected_version=3)
+        raise RuntimeError("the caller's transaction fails: nothing was appended")
+
+    assert value("teddy_events_appended_total", **labels) == appended + 3
+    assert value("teddy_append_idempotent_total", stream_type="test") == idempotent + 1
+    assert value("teddy_append_conflicts_total", stream_type="test") == conflicts + 1
+    assert value("teddy_append_duration_seconds_count", stream_type="test") == calls + 4
+
+
+def test_loads_are_timed_by_what_they_started_from_and_snapshots_are_counted(store):
+    repository = EventSourcingRepositoryImpl(Child, cache=False)
+    child = new_child()
+    for age in (7, 8, 9):
+        child.update_profile({"age": age})
+    repository.save_sync(child)
+
+    def loads(started_from: str) -> tuple[float, float]:
+        return (value("teddy_aggregate_load_duration_seconds_count", stream_type="child", started_from=started_from),
+                value("teddy_aggregate_load_events_replayed_sum", stream_type="child", started_from=started_from))
+
+    empty, from_snapshot = loads("empty"), loads("snapshot")
+    snapshots = value("teddy_snapshots_created_total", stream_type="child")
+    loaded = repository.load_sync(child.id)
+    assert loads("empty") == (empty[0] + 1, empty[1] + loaded.version)
+
+    get_snapshot_store().save_snapshot_sync(loaded.stream_id, loaded)
+    assert value("teddy_snapshots_created_total", stream_type="child") == snapshots + 1
+    loaded.update_profile({"age": 10})
+    repository.save_sync(loaded)
+    repository.load_sync(child.id)
+    assert loads("snapshot") == (from_snapshot[0] + 1, from_snapshot[1] + 1)  # one event after the snapshot
+
+
+def test_reveals_exports_and_erasures_are_counted():
+    from eventsourcing_app.application import Actor
+    from eventsourcing_app.application.compliance import grant_export, reveal
+    from eventsourcing_app.application.privacy import erase_child_data
+    from eventsourcing_app.eventstore import get_event_store
+    from tests.integration.compliance_helpers import make_family, staff_user
+
+    family, officer = make_family("metrics"), staff_user("privacy-officer")
+    before = (value("teddy_personal_data_reveals_total"), value("teddy_personal_data_exports_total", decrypted="true"),
+              value("teddy_erasures_total"))
+    stream = f"child.{family.child_id}"
+    reveal(officer, get_event_store().load_events_sync(stream), scope="stream", target=stream, reason="metrics check")
+    grant_export(officer, scope="stream", target=stream, export_format="csv", reason="metrics check", decrypted=True,
+                 event_count=5, up_to_position=None)
+    erase_child_data(actor=Actor.system("tests"), child_id=family.child_id, reason="parent_request")
+    erase_child_data(actor=Actor.system("tests"), child_id=family.child_id, reason="parent_request")  # nothing left
+    assert (value("teddy_personal_data_reveals_total"), value("teddy_personal_data_exports_total", decrypted="true"),
+            value("teddy_erasures_total")) == (before[0] + 1, before[1] + 1, before[2] + 1)
+    erased = scrape()["teddy_erased_subjects"][0][1]
+    assert erased >= 1
+
+
+# --- served -----------------------------------------------------------------------------
+
+def test_metrics_serve_the_database_gauges_and_every_promised_metric(store):
+    stream = unique_stream("test")
+    store.append_events_sync(stream, notes(4), expected_version=0)
+    samples = scrape()
+
+    missing = [name for name in REQUIRED_METRICS if name not in samples]
+    assert not missing, f"/metrics lacks {missing}"
+    assert {labels["source"]: v for labels, v in samples["teddy_metrics_source_up"]} == {
+        "outbox": 1, "streams": 1, "projections": 1, "personal_data": 1}
+    assert {labels["projector"] for labels, _ in samples["teddy_projection_lag_events"]} == set(PROJECTORS)
+    assert {labels["projector"] for labels, _ in samples["teddy_dead_letters"]} == set(PROJECTORS)
+    # The stream-length buckets are cumulative and end with every stream of the type.
+    buckets = {labels["le"]: v for labels, v in samples["teddy_stream_length_events_bucket"]
+               if labels["stream_type"] == "test"}
+    streams = dict((labels["stream_type"], v) for labels, v in samples["teddy_streams"])
+    assert buckets["+Inf"] == streams["test"] >= 1
+    ordered = [buckets[le] for le in sorted(buckets, key=lambda le: float(le))]
+    assert ordered == sorted(ordered)
+    assert samples["teddy_outbox_backlog_events"][0][1] == store.recorder.outbox_backlog()
+    # Labels name kinds only, never a stream, a person or an event.
+    for name, series in samples.items():
+        for labels, _ in series:
+            assert stream not in " ".join(labels.values()), name
+
+
+def test_the_dashboard_shows_only_metrics_the_app_exports(store):
+    store.append_events_sync(unique_stream("test"), notes(1), expected_version=0)
+    Client().get("/health/")  # so that the request metrics have a view
+    exported = set(scrape())
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [p for p in dashboard["panels"] if p.get("type") != "row"]
+    assert panels and all(p.get("targets") for p in panels), "every panel has queries"
+
+    shown: set[str] = set()
+    for panel in panels:
+        for target in panel["targets"]:
+            names = metric_names(target["expr"])
+            assert names, f"panel {panel['title']!r}: no metric in {target['expr']!r}"
+            unknown = names - exported
+            assert not unknown, f"panel {panel['title']!r} queries {sorted(unknown)}, which /metrics does not serve"
+            shown |= names
+    families = {re.sub(r"_(bucket|total|count|sum)$", "", name) for name in shown} | shown
+    not_shown = [name for name in REQUIRED_METRICS if name not in shown and
+                 re.sub(r"_(bucket|total)$", "", name) not in families]
+    assert not not_shown, f"the dashboard shows no panel of {not_shown}"
+
+
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                 "offset", "le", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: identifiers that are not functions, keywords,
+    label names or label values (Grafana's $__variables are removed first)."""
+    expr = re.sub(r"\$\w+", "", expr)
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings (label values)
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        following = expr[match.end():].lstrip()[:1]
+        if following != "(" and match.group().lower() not in _PROMQL_WORDS:
+            names.add(match.group())
+    return names
+
+
+def test_the_promql_reader_finds_the_metric_names():
+    assert metric_names('histogram_quantile(0.99, sum by (le, view) (rate(x_bucket{a="b"}[$__rate_interval])))') \
+        == {"x_bucket"}
+    assert metric_names("topk(10, sum by (t) (rate(a_total[5m]))) / on (t) b") == {"a_total", "b"}
+
+
+# --- across processes -------------------------------------------------------------------
+
+APPENDER = r"""
+import os, sys
+import django
+django.setup()
+from eventsourcing_app.eventstore import get_event_store
+from tests.events import notes
+prefix, count, fork = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "fork"
+store = get_event_store()
+store.append_events_sync(f"test.{prefix}-parent", notes(count), expected_version=0)
+if fork:  # as a Celery or gunicorn pool makes its workers
+    from django.db import connections
+    connections.close_all()
+    pid = os.fork()
+    if pid == 0:
+        get_event_store().append_events_sync(f"test.{prefix}-child", notes(count), expected_version=0)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, status
+"""
+
+SCRAPER = r"""
+import django
+django.setup()
+from eventsourcing_app.operations.metrics import exposition
+print(exposition()[0].decode())
+"""
+
+
+def _env(**extra) -> dict:
+    from django.conf import settings
+
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", "DATABASE_URL": database_url(),
+            "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS, "KAFKA_TOPIC_PREFIX": settings.KAFKA_TOPIC_PREFIX,
+            "KAFKA_TOPIC_PARTITIONS": str(settings.KAFKA_TOPIC_PARTITIONS),
+            "EVENTSTORE_STREAM_TYPES": ",".join(settings.EVENTSTORE["STREAM_TYPES"]), "PYTHONPATH": str(REPO),
+            **extra}
+
+
+def test_metrics_of_several_processes_add_up_in_one_scrape(store, tmp_path):
+    directory = tmp_path / "metrics"
+    env = _env(PROMETHEUS_MULTIPROC_DIR=str(directory), LOG_LEVEL="WARNING")
+    tag = uuid.uuid4().hex[:8]
+    writers = [subprocess.Popen([sys.executable, "-c", APPENDER, f"mp-{tag}-{n}", str(5 + n), "fork" if n == 0 else "-"],
+                                cwd=REPO, env=env) for n in range(3)]
+    assert [w.wait(120) for w in writers] == [0, 0, 0]
+    # 5 events in the first process and 5 in its forked child, 6 and 7 in the two others.
+    files = sorted(p.name for p in directory.glob("*.db"))
+    assert len({re.sub(r"^\w+?_", "", name) for name in files}) >= 4, files  # one set of files per process
+
+    scraped = subprocess.run([sys.executable, "-c", SCRAPER], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert scraped.returncode == 0, scraped.stderr[-2000:]
+    appended = sum(sample.value for family in text_string_to_metric_families(scraped.stdout)
+                   for sample in family.samples if sample.name == "teddy_events_appended_total"
+                   and sample.labels.get("stream_type") == "test")
+    assert appended == 5 + 5 + 6 + 7
+
+
+# --- logs -------------------------------------------------------------------------------
+
+LOGGER = r"""
+import logging, sys
+import django
+django.setup()
+if sys.argv[1] == "celery":  # a worker configures logging through Celery's signal
+    from celery import signals
+    import teddy_project.celery  # noqa: F401
+    signals.setup_logging.send(sender=None, loglevel="INFO", logfile=None, format="", colorize=False)
+from eventsourcing_app.eventstore import get_event_store
+from eventsourcing_app.observability import event_context
+from tests.events import notes
+store, events = get_event_store(), notes(2)
+with event_context(correlation_id="corr-log-1", causation_id="cause-log-1", actor="user:log-test"):
+    store.append_events_sync(sys.argv[2], events, expected_version=0)
+    store.append_events_sync(sys.argv[2], events, expected_version=0)  # a retry: the store logs it
+store.flush(10)
+"""
+
+
+def _log_lines(kind: str, stream: str, **env) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", LOGGER, kind, stream], cwd=REPO, env=_env(**env),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [line for line in done.stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("kind", ["django", "celery"])
+def test_json_logs_carry_the_ids_of_each_event_store_line(store, kind):
+    stream = unique_stream("test")
+    lines = _log_lines(kind, stream, LOG_FORMAT="json", LOG_LEVEL="INFO")
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON log line: {line[:300]}")
+    store_lines = [r for r in records if r["logger"] == "eventsourcing_app.eventstore.store"]
+    assert store_lines, records
+    line = store_lines[0]
+    assert "already stored" in line["message"]
+    assert (line["correlation_id"], line["causation_id"], line["stream_id"], line["actor"]) == (
+        "corr-log-1", "cause-log-1", stream, "user:log-test")
+    assert line["level"] == "INFO" and line["timestamp"].endswith("+00:00")
+    assert all({"timestamp", "level", "logger", "message", "correlation_id", "stream_id"} <= set(r) for r in records)
+
+
+def test_plain_logs_stay_readable_lines_with_the_same_ids(store):
+    stream = unique_stream("test")
+    lines = [line for line in _log_lines("django", stream, LOG_LEVEL="INFO") if "already stored" in line]
+    assert len(lines) == 1 and not lines[0].startswith("{")
+    assert f"[cid=corr-log-1 caused-by=cause-log-1 stream={stream} actor=user:log-test]" in lines[0]
+
