@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import time
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
@@ -151,17 +152,31 @@ def actor_of_request(request) -> str | None:
     return f"user:{user.pk}" if user is not None and user.is_authenticated else None
 
 
+_request_logger = logging.getLogger("eventsourcing_app.requests")
+
+
 class CorrelationIdMiddleware:
-    """Takes the caller's X-Correlation-ID (if well-formed) or makes one, and echoes it back."""
+    """Takes the caller's X-Correlation-ID (if well-formed) or makes one, and echoes it back.
+    With LOG_REQUESTS, writes one access-log line per request in the app's log format (method,
+    path without the query string, which may hold search terms, status, milliseconds)."""
 
     def __init__(self, get_response):
+        from django.conf import settings
+
         self.get_response = get_response
+        self.log_requests = getattr(settings, "LOG_REQUESTS", False)
 
     def __call__(self, request):
         incoming = request.headers.get("X-Correlation-ID", "")
         correlation_id = incoming if _SAFE_ID.fullmatch(incoming) else str(uuid.uuid4())
+        started = time.perf_counter()
         with event_context(correlation_id=correlation_id, actor=_RequestActor(request)):
             response = self.get_response(request)
+            if self.log_requests:
+                elapsed = round((time.perf_counter() - started) * 1000, 1)
+                _request_logger.info("%s %s %s %.1fms", request.method, request.path, response.status_code, elapsed,
+                                     extra={"method": request.method, "path": request.path,
+                                            "status": response.status_code, "duration_ms": elapsed})
         response["X-Correlation-ID"] = correlation_id
         return response
 

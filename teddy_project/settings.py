@@ -250,6 +250,9 @@ SPECTACULAR_SETTINGS = {
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO", r"DEBUG|INFO|WARNING|ERROR|CRITICAL")
 # plain: readable lines (the local run); json: one JSON object per line, for a log collector.
 LOG_FORMAT = env_str("LOG_FORMAT", "plain", r"plain|json")
+# One access-log line per request, in that format, with the request's ids (instead of the WSGI
+# server's own access log). Off by default: the development server logs requests itself.
+LOG_REQUESTS = env_bool("LOG_REQUESTS", False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -319,3 +319,18 @@ def test_plain_logs_stay_readable_lines_with_the_same_ids(store):
     assert len(lines) == 1 and not lines[0].startswith("{")
     assert f"[cid=corr-log-1 caused-by=cause-log-1 stream={stream} actor=user:log-test]" in lines[0]
 
+
+
+def test_requests_are_logged_with_their_ids_when_asked(caplog):
+    from django.test import override_settings
+
+    with override_settings(LOG_REQUESTS=True), caplog.at_level("INFO", logger="eventsourcing_app.requests"):
+        response = Client().get("/health/?q=Mila", HTTP_X_CORRELATION_ID="req-access-1")
+    lines = [r for r in caplog.records if r.name == "eventsourcing_app.requests"]
+    assert response.status_code == 200 and len(lines) == 1
+    line = lines[0]
+    assert (line.method, line.path, line.status, line.correlation_id) == ("GET", "/health/", 200, "req-access-1")
+    assert "Mila" not in line.getMessage()  # the query string (search terms) is not logged
+    with caplog.at_level("INFO", logger="eventsourcing_app.requests"):
+        Client().get("/health/")
+    assert len([r for r in caplog.records if r.name == "eventsourcing_app.requests"]) == 1  # off by default
