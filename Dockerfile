@@ -1,4 +1,4 @@
-# The Teddy event store image: one image for the web server, the Celery worker and beat,
+# The Teddy event store image: one image for the web server, the Celery workers and beat,
 # and the one-shot migrate job (see docker-compose.yml, which picks the command).
 FROM python:3.11-slim
 
@@ -21,8 +21,11 @@ COPY . .
 
 # Static files are collected into the image (STATIC_ROOT = $TEDDY_DATA_DIR/static); WhiteNoise
 # serves them. Settings need a master key to load: a throwaway one, used for nothing else.
+# /app/var/metrics is where docker-compose.yml mounts the shared metrics volume: made here and
+# owned by teddy, so that a new named volume, which takes the directory's owner, is writable.
 RUN TEDDY_MASTER_KEYS="$(python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())')" \
     python manage.py collectstatic --noinput --verbosity 0 \
+    && mkdir -p /app/var/metrics \
     && useradd --system --uid 10001 --home-dir /app teddy \
     && chown -R teddy /app/var
 USER teddy
