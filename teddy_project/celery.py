@@ -19,6 +19,17 @@ def _connect_context_propagation() -> None:
 _connect_context_propagation()
 
 
+@signals.worker_init.connect(weak=False)
+def _serve_worker_metrics(**kwargs) -> None:
+    """In the worker's main process, before its pool starts: WORKER_METRICS_PORT's /metrics."""
+    from django.conf import settings
+
+    if settings.WORKER_METRICS_PORT:
+        from eventsourcing_app.operations.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.WORKER_METRICS_PORT)
+
+
 @signals.setup_logging.connect(weak=False)
 def _use_django_logging(**kwargs) -> None:
     """Workers and beat log like the web server (LOG_FORMAT, the context's ids on each line)

@@ -268,10 +268,18 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 # Prometheus multiprocess mode: every process writes its metrics to files in this directory
-# (shared by the web server, the workers and beat) and /metrics adds them up. Unset: each
-# process keeps its own, as for a test or a command. prometheus_client reads the variable
+# and /metrics adds up those of all processes that share it (in docker-compose, a container's
+# processes; in the local run, all of them). Unset: each process keeps its own, as for a test
+# or a command. prometheus_client reads the variable
 # itself; it is checked here so that a bad one stops the process at once.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "", r"([^-\s].*)?")
+# A Celery worker's own /metrics on this port (0: none), served by its main process for all
+# its pool processes: in production each container has its own metrics directory and is
+# scraped on its own. Needs PROMETHEUS_MULTIPROC_DIR (the pool processes' values are in it).
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
+if WORKER_METRICS_PORT and not PROMETHEUS_MULTIPROC_DIR:
+    raise ImproperlyConfigured(f"WORKER_METRICS_PORT={WORKER_METRICS_PORT} needs PROMETHEUS_MULTIPROC_DIR: a worker's "
+                               "pool processes report through that directory; set it, or WORKER_METRICS_PORT=0")
 if PROMETHEUS_MULTIPROC_DIR:
     try:
         Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)

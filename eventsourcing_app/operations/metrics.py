@@ -110,11 +110,26 @@ _store_registry = CollectorRegistry(auto_describe=False)
 _store_registry.register(StoreCollector())
 
 
+def process_registry() -> CollectorRegistry:
+    """The values counted by the processes of this host: all that write to the multiprocess
+    directory, or this process alone."""
+    if not metrics.MULTIPROCESS_DIR:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=metrics.MULTIPROCESS_DIR)
+    return registry
+
+
 def exposition() -> tuple[bytes, str]:
-    """The text /metrics serves, and its content type."""
-    if metrics.MULTIPROCESS_DIR:
-        processes = CollectorRegistry()
-        multiprocess.MultiProcessCollector(processes, path=metrics.MULTIPROCESS_DIR)
-    else:
-        processes = REGISTRY
-    return generate_latest(processes) + generate_latest(_store_registry), CONTENT_TYPE_LATEST
+    """The text the web server's /metrics serves (the processes' values and the database's
+    gauges), and its content type."""
+    return generate_latest(process_registry()) + generate_latest(_store_registry), CONTENT_TYPE_LATEST
+
+
+def serve_worker_metrics(port: int) -> None:
+    """A Celery worker's /metrics: its processes' values only (the database's gauges come from
+    the web server; served twice, a sum over targets would count them twice)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, registry=process_registry())
+    logger.info("worker metrics on port %d (/metrics)", port)

@@ -334,3 +334,49 @@ def test_requests_are_logged_with_their_ids_when_asked(caplog):
     with caplog.at_level("INFO", logger="eventsourcing_app.requests"):
         Client().get("/health/")
     assert len([r for r in caplog.records if r.name == "eventsourcing_app.requests"]) == 1  # off by default
+
+
+def test_a_celery_worker_serves_its_pool_processes_metrics_on_its_own_port(store, tmp_path):
+    """As each worker container is scraped in production: the task ran in a pool process, the
+    main process serves its count (and none of the database's gauges, which the web server has)."""
+    import time
+    import urllib.request
+
+    from devtools.embedded import free_port
+    from teddy_project.celery import app
+    from tests.conftest import LOG_DIR
+
+    repository = EventSourcingRepositoryImpl(Child, cache=False)
+    child = new_child()
+    for age in (7, 8, 9, 10, 11, 7, 8, 9, 10):  # ten events: a snapshot is due
+        child.update_profile({"age": age})
+    repository.save_sync(child)
+
+    port, queue, name = free_port(), f"metrics-{uuid.uuid4().hex[:8]}", f"metrics-{uuid.uuid4().hex[:6]}@localhost"
+    env = _env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), WORKER_METRICS_PORT=str(port),
+               PROJECTIONS_RUN_IN_WORKER="false", CELERY_TASK_DEFAULT_QUEUE=queue)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOG_DIR / "celery-metrics-port.log", "ab") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "teddy_project", "worker", "-n", name,
+                                   "-Q", queue, "--concurrency=1", "--loglevel=INFO"],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while not app.control.ping(destination=[name], timeout=0.5):
+            assert worker.poll() is None and time.monotonic() < deadline, f"the worker did not start; see {log.name}"
+        app.send_task("eventsourcing_app.tasks.create_snapshot", args=[child.stream_id], queue=queue)
+        samples: dict = {}
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                           for family in text_string_to_metric_families(response.read().decode())
+                           for s in family.samples}
+            if samples.get(("teddy_snapshots_created_total", (("stream_type", "child"),))):
+                break
+            time.sleep(0.2)
+        assert samples.get(("teddy_snapshots_created_total", (("stream_type", "child"),))) == 1, \
+            "the worker's /metrics does not show the snapshot its pool process took"
+        assert not any(name == "teddy_outbox_backlog_events" for name, _ in samples)
+    finally:
+        worker.terminate()
+        worker.wait(30)

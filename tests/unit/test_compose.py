@@ -46,7 +46,7 @@ METRICS_DIR = "/app/var/metrics"
 PRODUCTION = {
     "DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_REPLICATION_FACTOR", "KAFKA_TOPIC_PARTITIONS",
     "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS", "LOG_FORMAT", "LOG_LEVEL", "LOG_REQUESTS",
-    "PROMETHEUS_MULTIPROC_DIR", "DJANGO_SETTINGS_MODULE", "TEDDY_DATA_DIR",
+    "PROMETHEUS_MULTIPROC_DIR", "WORKER_METRICS_PORT", "DJANGO_SETTINGS_MODULE", "TEDDY_DATA_DIR",
 }
 # May differ between app services (all others must be the same everywhere: a worker with another
 # KAFKA_TOPIC_PARTITIONS or master key than the web server would be a broken deployment).
@@ -391,23 +391,30 @@ def test_every_long_running_service_has_a_healthcheck_and_a_restart_policy():
     assert not failures, failures_message(failures)
 
 
-def test_every_app_service_shares_the_metrics_volume_and_migrate_empties_it_first():
+def test_every_app_container_has_its_own_empty_metrics_directory_and_each_is_scraped():
+    """prometheus_client's directory must be empty when a container's processes start, and
+    must not be shared with processes that may be gone or alive elsewhere: a tmpfs per
+    container. So Prometheus scrapes the web server and every worker replica."""
     failures = []
     for name, service in sorted(app_services().items()):
-        if f"metrics:{METRICS_DIR}" not in (service.get("volumes") or []):
-            failures.append(f"{name} does not mount the metrics volume at {METRICS_DIR}")
+        if METRICS_DIR not in (service.get("tmpfs") or []):
+            failures.append(f"{name} has no tmpfs at {METRICS_DIR}")
+        if any(METRICS_DIR in str(volume) for volume in service.get("volumes") or []):
+            failures.append(f"{name} mounts a volume at {METRICS_DIR}: its files would outlive the processes")
         if environment(service).get("PROMETHEUS_MULTIPROC_DIR") != METRICS_DIR:
             failures.append(f"{name}: PROMETHEUS_MULTIPROC_DIR is not {METRICS_DIR}")
         if environment(service).get("LOG_FORMAT") != "json":
             failures.append(f"{name}: LOG_FORMAT is not json")
-    assert "metrics" in compose()["volumes"]
-    steps = shell_steps(command_of(services()[ONE_SHOT]))
-    assert steps[0] == ["rm", "-f", f"{METRICS_DIR}/*.db"], f"migrate does not empty {METRICS_DIR} first: {steps}"
-    # A new named volume takes the owner of the image's directory: it must exist, owned by the app's user.
-    dockerfile = DOCKERFILE.read_text()
-    assert f"mkdir -p {METRICS_DIR}" in dockerfile, f"the Dockerfile does not create {METRICS_DIR}"
-    assert re.search(r"chown -R teddy /app/var\b", dockerfile) and re.search(r"^USER teddy$", dockerfile, re.M)
-    assert dockerfile.index(f"mkdir -p {METRICS_DIR}") < dockerfile.index("chown -R teddy /app/var")
+    workers = [name for name, service in app_services().items()
+               if command_of(service)[:1] == ["celery"] and "worker" in command_of(service)]
+    port = {environment(services()[name]).get("WORKER_METRICS_PORT") for name in workers}
+    assert len(port) == 1 and port != {None}, f"the workers serve no metrics port: {port}"
+    scrape = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    discovered = [(names, config["port"]) for job in scrape.values() for config in job.get("dns_sd_configs", [])
+                  for names in config["names"]]
+    worker_port = int(next(iter(port)))
+    missing = [name for name in workers if (name, worker_port) not in discovered]
+    assert not missing, f"Prometheus does not scrape {missing} on port {port}"
     assert not failures, failures_message(failures)
 
 
@@ -456,6 +463,8 @@ def test_the_celery_gunicorn_and_url_references_exist():
     # Prometheus scrapes the web server by its service name: an allowed host, a URL that exists.
     scrape = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"][0]
     assert scrape["static_configs"][0]["targets"] == ["web:8000"] and scrape["metrics_path"] == "/metrics"
+    assert all(job.get("metrics_path", "/metrics") == "/metrics"
+               for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"])
     assert 'path("metrics"' in urls, "urls.py has no /metrics for Prometheus to scrape"
     assert "web" in environment(web)["DJANGO_ALLOWED_HOSTS"].split(",")
     assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services()["prometheus"]["volumes"]
