@@ -122,6 +122,9 @@ def run_command(actor: Actor, decide: Callable[[UnitOfWork], str]) -> CommandRes
     for attempt in range(1, ATTEMPTS + 1):
         uow = UnitOfWork(actor)
         try:
+            # A connection lost before this command (a failed query of the caller's) would fail
+            # the transaction's start on every attempt: replaced first, as the store's calls do.
+            uow.service.event_store.recorder.connection()
             with transaction.atomic():
                 stream_id = decide(uow)
                 to_save = sorted(uow._to_save, key=lambda a: a.stream_id)

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 
 from .. import metrics
 from ..domain.aggregate import EventSourcedAggregate
@@ -104,7 +104,12 @@ class EventSourcingRepositoryImpl(Generic[A]):
         aggregate_id = str(aggregate_id)
         stream_id = self.stream_id(aggregate_id)
         with stream_context(stream_id):
-            return self._load(aggregate_id, stream_id, version, as_of)
+            try:
+                return self._load(aggregate_id, stream_id, version, as_of)
+            except (OperationalError, InterfaceError) as exc:
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise self.event_store.connection_lost(
+                    f"the database connection failed while loading {stream_id} ({first_line}); retry") from exc
 
     def _load(self, aggregate_id: str, stream_id: str, version: int | None, as_of: datetime | None) -> A:
         if version is not None and as_of is not None:

@@ -171,11 +171,11 @@ class EventStore:
                 raise TransientStoreError(
                     f"the append to {stream_id} met a deadlock or a serialization failure and stored nothing: "
                     "run the whole operation again") from exc
-            raise StoreUnavailableError(
+            raise self.connection_lost(
                 f"the database connection failed during the append to {stream_id} ({_first_line(exc)}); whether it "
                 "was stored is unknown: retry the same append (re-appending the same events is idempotent)") from exc
         except InterfaceError as exc:
-            raise StoreUnavailableError(
+            raise self.connection_lost(
                 f"the database connection failed during the append to {stream_id} ({_first_line(exc)}); whether it "
                 "was stored is unknown: retry the same append (re-appending the same events is idempotent)") from exc
         except DatabaseError as exc:
@@ -259,8 +259,8 @@ class EventStore:
         try:
             events = self.recorder.load(stream_id, max(from_version, 1), to_version)
         except (OperationalError, InterfaceError) as exc:
-            raise StoreUnavailableError(f"the database connection failed while loading {stream_id} "
-                                        f"({_first_line(exc)}); retry") from exc
+            raise self.connection_lost(f"the database connection failed while loading {stream_id} "
+                                       f"({_first_line(exc)}); retry") from exc
         if source == "mirror":
             return events
         if source != "kafka":
@@ -282,7 +282,25 @@ class EventStore:
     def get_stream_version_sync(self, stream_id: str) -> int:
         """The version of the stream's last event; 0 if the stream has none."""
         self._check_stream(stream_id)
-        return self.recorder.stream_version(stream_id)
+        try:
+            return self.recorder.stream_version(stream_id)
+        except (OperationalError, InterfaceError) as exc:
+            raise self.connection_lost(f"the database connection failed while reading the version of {stream_id} "
+                                       f"({_first_line(exc)}); retry") from exc
+
+    def connection_lost(self, message: str) -> StoreUnavailableError:
+        """The error for a call that lost its database connection. Outside a transaction the
+        dead connection is closed here: Django drops a broken connection only at the end of a
+        request, so in a worker or a script whatever the caller does next (a command, its own
+        transaction or query) would fail on it too, instead of opening a new one."""
+        db = connections[self.recorder.alias]
+        raw = db.connection
+        if raw is not None and not db.in_atomic_block and (getattr(raw, "closed", False) or getattr(raw, "broken", False)):
+            try:
+                db.close()
+            except DatabaseError:  # closing a dead connection; it is dropped all the same
+                pass
+        return StoreUnavailableError(message)
 
     # --- async twins (the guide's API) ------------------------------------------------
 
