@@ -358,8 +358,24 @@ class EventPublisher:
 
     def _delivered(self, err: KafkaError | None, msg, publication: tuple[int, str, int, int]) -> None:
         position, stream_id, version, epoch = publication
-        if err is None:
+        if err is None and msg.offset() is not None:
             self._acks.put(Publication(position, stream_id, version, msg.topic(), msg.partition(), msg.offset(), epoch))
+            return
+        if err is None:
+            # "Delivered" without an offset: the broker did not say where the record is, nor
+            # that it is anywhere (an idempotent producer's send it took for a duplicate: a
+            # producer that outlived `refill_kafka --recreate-topics` got such answers for sends
+            # that never reached the new topics). Not recorded as published: the relay sends it
+            # again (a duplicate at worst, which consumers skip), from a fresh producer.
+            self.errors += 1
+            self._unreported_failures += 1
+            metrics.PUBLISH_ERRORS.labels("not_acknowledged").inc()
+            self.last_error = f"Kafka answered for {stream_id} v{version} without an offset"
+            self._replace = True
+            if self._unreported_failures == 1:
+                logger.warning("Kafka answered for %s v%s without an offset; it waits in the outbox for the relay",
+                               stream_id, version, extra={"stream_id": stream_id})
+            self._failed(stream_id)
             return
         self.errors += 1
         self._unreported_failures += 1
