@@ -23,9 +23,12 @@ from prometheus_client import Counter, Histogram, values
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+# No "_": prometheus_client reads the pid back from file names split on "_".
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())
+
+
 def _process_identifier() -> str:
-    # No "_": prometheus_client reads the pid back from file names split on "_".
-    return f"{re.sub(r'[^A-Za-z0-9.-]', '-', socket.gethostname())}-{os.getpid()}"
+    return f"{_HOST}-{os.getpid()}"
 
 
 if MULTIPROCESS_DIR:
@@ -47,7 +50,8 @@ APPEND_FAILURES = Counter("teddy_append_failures", "Appends that failed for anot
                           "(database unavailable, deadlock, refused value).", ["stream_type", "reason"])
 
 # --- publication
-EVENTS_PUBLISHED = Counter("teddy_events_published", "Events whose Kafka acknowledgement was recorded.")
+EVENTS_PUBLISHED = Counter("teddy_events_published", "Kafka acknowledgements of events recorded (an event sent "
+                           "twice, by a retry or a refill, counts twice).")
 PUBLISH_ERRORS = Counter("teddy_publish_errors", "Sends that Kafka did not take or acknowledge (the outbox relay "
                          "sends them again).", ["reason"])
 PRODUCER_REPLACEMENTS = Counter("teddy_kafka_producer_replacements", "Kafka producers replaced after a fault.")
@@ -76,10 +80,6 @@ PERSONAL_DATA_REVEALS = Counter("teddy_personal_data_reveals", "Personal data sh
 PERSONAL_DATA_EXPORTS = Counter("teddy_personal_data_exports", "Exports of audit data, by whether personal data "
                                 "was decrypted.", ["decrypted"])
 ERASURES = Counter("teddy_erasures", "Children whose personal data was erased (data key destroyed).")
-
-
-def stream_type_of(stream_id: str) -> str:
-    return stream_id.split(".", 1)[0]
 
 
 def initialise(stream_types, projectors) -> None:

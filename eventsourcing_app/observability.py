@@ -75,9 +75,6 @@ def event_log_fields(metadata) -> dict:
             "causation_id": metadata.causation_id, "actor": metadata.actor}
 
 
-LOG_CONTEXT_FIELDS = ("correlation_id", "causation_id", "stream_id", "actor")
-
-
 def _actor_for_log() -> str | None:
     # Never resolves a request's user for a log line (that may query the session store in the
     # middle of whatever is being logged): only an actor already known is shown.
@@ -89,10 +86,18 @@ def _actor_for_log() -> str | None:
 
 
 class LogContextFilter(logging.Filter):
-    """Puts the context's ids on every record, unless the line gave its own (`extra=`)."""
+    """Puts the context's ids on every record, unless the line gave its own (`extra=`). Django
+    logs a request's 4xx/5xx after the middleware has left its context: the id is then taken
+    from the request, which also gives the line its method and path (never the query string,
+    which may hold search terms)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = record.__dict__
+        request = fields.get("request")
+        if request is not None and hasattr(request, "method") and "http_path" not in fields:
+            record.http_method, record.http_path = request.method, printable(getattr(request, "path", ""))
+            if fields.get("correlation_id") is None:
+                record.correlation_id = getattr(request, "correlation_id", None)
         if fields.get("correlation_id") is None:
             record.correlation_id = _correlation_id.get()
         if fields.get("causation_id") is None:
@@ -120,11 +125,22 @@ class PlainFormatter(logging.Formatter):
 
 def json_formatter():
     """One JSON object per line: timestamp (UTC, ISO 8601), level, logger, message, the
-    context's ids (null when unknown), and whatever else the line gave in `extra=`."""
+    context's ids (null when unknown), and whatever else the line gave in `extra=` (but the
+    request object Django attaches, whose text holds the query string: http_method and
+    http_path stand for it)."""
+    from pythonjsonlogger.core import RESERVED_ATTRS
     from pythonjsonlogger.json import JsonFormatter
 
     return JsonFormatter(["levelname", "name", "message"], rename_fields={"levelname": "level", "name": "logger"},
-                         timestamp=True, json_ensure_ascii=False)
+                         timestamp=True, json_ensure_ascii=False, reserved_attrs=[*RESERVED_ATTRS, "request"])
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped: a request path cannot forge a log line."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class _RequestActor:
@@ -169,14 +185,16 @@ class CorrelationIdMiddleware:
     def __call__(self, request):
         incoming = request.headers.get("X-Correlation-ID", "")
         correlation_id = incoming if _SAFE_ID.fullmatch(incoming) else str(uuid.uuid4())
+        request.correlation_id = correlation_id  # for lines Django writes after this context ends
         started = time.perf_counter()
         with event_context(correlation_id=correlation_id, actor=_RequestActor(request)):
             response = self.get_response(request)
             if self.log_requests:
                 elapsed = round((time.perf_counter() - started) * 1000, 1)
-                _request_logger.info("%s %s %s %.1fms", request.method, request.path, response.status_code, elapsed,
-                                     extra={"method": request.method, "path": request.path,
-                                            "status": response.status_code, "duration_ms": elapsed})
+                method, path = printable(request.method or ""), printable(request.path)
+                _request_logger.info("%s %s %s %.1fms", method, path, response.status_code, elapsed,
+                                     extra={"method": method, "path": path, "status": response.status_code,
+                                            "duration_ms": elapsed})
         response["X-Correlation-ID"] = correlation_id
         return response
 

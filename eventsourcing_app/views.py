@@ -3,7 +3,9 @@ dependencies (operations/health.py says what each check means), /metrics is for 
 (operations/metrics.py)."""
 from __future__ import annotations
 
-from django.http import HttpResponse, JsonResponse
+import ipaddress
+
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
 from .operations.health import readiness
@@ -23,5 +25,18 @@ def health_ready(request):
 
 @require_GET
 def metrics(request):
+    """For the monitoring network only: loopback and private addresses (a 404 to any other)."""
+    if not _from_private_network(request):
+        raise Http404("no such page")
     body, content_type = exposition()
     return HttpResponse(body, content_type=content_type)
+
+
+def _from_private_network(request) -> bool:
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_private

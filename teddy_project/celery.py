@@ -31,11 +31,24 @@ def _serve_worker_metrics(**kwargs) -> None:
 
 
 @signals.setup_logging.connect(weak=False)
-def _use_django_logging(**kwargs) -> None:
+def _use_django_logging(loglevel=None, logfile=None, **kwargs) -> None:
     """Workers and beat log like the web server (LOG_FORMAT, the context's ids on each line)
-    instead of Celery's own format: connecting this signal stops Celery configuring logging."""
+    instead of Celery's own format: connecting this signal stops Celery configuring logging.
+    `--loglevel` and `--logfile` still apply: the level is the root logger's, and the file
+    takes the console's place."""
     import logging.config
 
     from django.conf import settings
 
     logging.config.dictConfig(settings.LOGGING)
+    root = logging.getLogger()
+    if loglevel:
+        root.setLevel(loglevel.upper() if isinstance(loglevel, str) else loglevel)
+    if logfile:
+        for console in list(root.handlers):
+            handler = logging.FileHandler(logfile, encoding="utf-8")
+            handler.setFormatter(console.formatter)
+            for log_filter in console.filters:
+                handler.addFilter(log_filter)
+            root.removeHandler(console)
+            root.addHandler(handler)

@@ -5,6 +5,8 @@ fails at start-up with a message naming the variable.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -36,6 +38,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",  # request counts and latencies (/metrics)
+    # Outside everything that may answer on its own (a bad host, a redirect, a NUL byte), so the
+    # request's id and its access-log line cover every answer.
+    "eventsourcing_app.observability.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's static files under gunicorn
     "eventsourcing_app.admin.security.RejectNulMiddleware",
@@ -45,9 +50,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "eventsourcing_app.observability.CorrelationIdMiddleware",
-    "axes.middleware.AxesMiddleware",  # turns a locked-out login into a 429 page
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Outside Axes: a locked-out login is counted as the 429 it is.
+    "eventsourcing_app.request_metrics.PrometheusAfterMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a locked-out login into a 429 page (django-axes: last)
 ]
 
 # The admin is the compliance audit trail: failed logins are limited per user name and
@@ -99,6 +104,10 @@ if (DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and DATABASES
     raise ImproperlyConfigured(
         f"DATABASE_URL={_database_url!r} names no database file: write sqlite:///relative/path.db (three "
         "slashes) or sqlite:////absolute/path.db (four)")
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database host that does not answer fails a connection in seconds instead of hanging it
+    # (and the request, task or metrics refresh waiting on it); a URL's own value wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Writers wait for each other instead of failing with "database is locked".
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
@@ -265,7 +274,13 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own handlers off: its lines go through the console handler like all others
+        # (one line each, in LOG_FORMAT), also with DJANGO_DEBUG and under runserver.
+        "django": {"handlers": [], "propagate": True},
+        "django.server": {"handlers": [], "propagate": True},
+        "django.db.backends": {"level": "WARNING"},
+    },
 }
 # Prometheus multiprocess mode: every process writes its metrics to files in this directory
 # and /metrics adds up those of all processes that share it (in docker-compose, a container's
@@ -273,6 +288,9 @@ LOGGING = {
 # or a command. prometheus_client reads the variable
 # itself; it is checked here so that a bad one stops the process at once.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "", r"([^-\s].*)?")
+if not PROMETHEUS_MULTIPROC_DIR:
+    # Set but empty is unset here; prometheus_client would write its files into the working directory.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 # A Celery worker's own /metrics on this port (0: none), served by its main process for all
 # its pool processes: in production each container has its own metrics directory and is
 # scraped on its own. Needs PROMETHEUS_MULTIPROC_DIR (the pool processes' values are in it).
@@ -283,5 +301,8 @@ if WORKER_METRICS_PORT and not PROMETHEUS_MULTIPROC_DIR:
 if PROMETHEUS_MULTIPROC_DIR:
     try:
         Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=PROMETHEUS_MULTIPROC_DIR):
+            pass  # every process writes its metrics there: fail now, with the variable's name
     except OSError as exc:
-        raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR={PROMETHEUS_MULTIPROC_DIR!r} cannot be made: {exc}") from None
+        raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR={PROMETHEUS_MULTIPROC_DIR!r} is not a directory this "
+                                   f"process can write to ({exc.strerror or exc})") from None

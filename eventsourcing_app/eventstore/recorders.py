@@ -473,10 +473,12 @@ class DjangoRecorder:
         """How many committed events Kafka has not acknowledged yet."""
         from ..models import Stream
 
+        from django.db.models import Sum
+
         lagging = Stream.objects.using(self.alias).filter(version__gt=F("published_version"))
         if stream_types:
             lagging = lagging.filter(stream_type__in=stream_types)
-        return sum(v - p for v, p in lagging.values_list("version", "published_version"))
+        return int(lagging.aggregate(n=Sum(F("version") - F("published_version")))["n"] or 0)
 
     def oldest_unpublished(self, stream_types: Sequence[str] | None = None,
                            exclude: Sequence[str] = ()) -> datetime | None:
@@ -705,14 +707,20 @@ class DjangoRecorder:
     # --- snapshots ---------------------------------------------------------------------
 
     def insert_snapshot(self, stream_id: str, version: int, aggregate_type: str, schema_version: int,
-                        state: bytes, seal: bytes, subject: str | None) -> datetime:
+                        state: bytes, seal: bytes, subject: str | None) -> tuple[datetime, bool]:
+        """Stores a snapshot unless one of this version is stored already: (when, whether this
+        call stored it)."""
         from ..models import Snapshot
 
         now = datetime.now(timezone.utc)
-        Snapshot.objects.using(self.alias).bulk_create([Snapshot(
-            stream_id=stream_id, version=version, aggregate_type=aggregate_type, schema_version=schema_version,
-            state=state, seal=seal, data_subject=subject, created_at=now)], ignore_conflicts=True)
-        return now
+        try:
+            with transaction.atomic(using=self.alias):  # a savepoint: a duplicate spoils nothing
+                Snapshot.objects.using(self.alias).bulk_create([Snapshot(
+                    stream_id=stream_id, version=version, aggregate_type=aggregate_type, schema_version=schema_version,
+                    state=state, seal=seal, data_subject=subject, created_at=now)])
+        except IntegrityError:
+            return now, False
+        return now, True
 
     def latest_snapshot(self, stream_id: str, max_version: int | None, schema_version: int | None) -> SnapshotRow | None:
         from ..models import Snapshot

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Iterable
 
 from asgiref.sync import sync_to_async
+from django.db import transaction
 
 from .. import metrics
 from ..domain.aggregate import EventSourcedAggregate
@@ -136,8 +137,10 @@ class SnapshotStore:
         blob = canonical_json(stored_state)
         schema = aggregate.snapshot_schema_version
         seal = self.field_protection.seal(seal_message("snapshot", stream_id, version, schema, subject, chain, blob))
-        created_at = self.recorder.insert_snapshot(stream_id, version, stream_type, schema, blob, seal, subject)
-        metrics.SNAPSHOTS_CREATED.labels(stream_type).inc()
+        created_at, stored = self.recorder.insert_snapshot(stream_id, version, stream_type, schema, blob, seal, subject)
+        if stored:  # counted once committed, and not when this version was stored already
+            transaction.on_commit(metrics.SNAPSHOTS_CREATED.labels(stream_type).inc, using=self.recorder.alias,
+                                  robust=True)
         self._publish(stream_id, version, stream_type, schema, subject, blob, seal)
         self.prune(stream_id)
         logger.info("snapshot of %s at version %d", stream_id, version)

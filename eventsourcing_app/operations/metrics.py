@@ -1,18 +1,23 @@
 """What /metrics shows: the counters and histograms every process keeps (eventsourcing_app/
-metrics.py, added up over all processes in multiprocess mode) and the gauges read from the
-database at scrape time, which no single process knows: the outbox backlog and its oldest
+metrics.py, added up over the processes that share a multiprocess directory) and the gauges
+read from the database, which no single process knows: the outbox backlog and its oldest
 event, the streams' lengths, each projector's lag and dead letters, erased subjects.
 
-A part that cannot be read (the database is down, say) is left out of that scrape and
-`teddy_metrics_source_up{source=...}` says 0: the rest is still served, and readiness says why.
+The database is never read on the scrape's time: a scrape that finds the gauges older than
+GAUGES_MAX_AGE_SECONDS starts one refresh in a thread of its own (never two at once) and waits
+for it at most GAUGES_WAIT_SECONDS, then serves the last values it has, with their age
+(`teddy_metrics_gauges_age_seconds`). Each statement of a refresh may take
+GAUGES_STATEMENT_TIMEOUT_MS at most (PostgreSQL), so a locked table or a hung database costs
+a refresh, not the web server's workers. A part that could not be read is left out and
+`teddy_metrics_source_up{source=...}` says 0; the rest is served.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 
+from django.db import DatabaseError, connections, transaction
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 
@@ -22,37 +27,106 @@ from ..eventstore import get_event_store
 logger = logging.getLogger(__name__)
 
 STREAM_LENGTH_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000, 100000)
+GAUGES_MAX_AGE_SECONDS = 10.0
+GAUGES_WAIT_SECONDS = 1.5
+GAUGES_STATEMENT_TIMEOUT_MS = 3000
 # The streams' lengths are one scan of the streams table: read at most this often.
 STREAM_LENGTHS_MAX_AGE_SECONDS = 60.0
+SOURCES = ("outbox", "streams", "projections", "personal_data")
 
 
-class StoreCollector:
-    """Gauges read from the database when scraped."""
+class StoreGauges:
+    """The database's gauges, refreshed off the scrape (see the module's docstring)."""
 
     def __init__(self) -> None:
-        self._lengths: tuple[float, list] | None = None
         self._lock = threading.Lock()
+        self._refreshing: threading.Thread | None = None
+        self._families: dict[str, list] = {}  # source -> its metric families, from its last good read
+        self._up: dict[str, int] = {}
+        self._read_at: float | None = None  # monotonic time of the last refresh's end
+        self._lengths: tuple[float, dict] | None = None
+        self._failures_logged: dict[str, float] = {}
 
     def collect(self):
-        up = GaugeMetricFamily("teddy_metrics_source_up", "Whether this scrape could read each source of gauges "
-                               "(1) or not (0).", labels=["source"])
-        for source, part in (("outbox", self._outbox), ("streams", self._streams),
-                             ("projections", self._projections), ("personal_data", self._personal_data)):
-            try:
-                families = list(part())
-            except Exception as exc:  # noqa: BLE001 - one part down must not fail the scrape
-                logger.warning("metrics: could not read %s (%s)", source, exc)
-                up.add_metric([source], 0)
-                continue
-            up.add_metric([source], 1)
-            yield from families
-        yield up
+        with self._lock:
+            stale = self._read_at is None or time.monotonic() - self._read_at > GAUGES_MAX_AGE_SECONDS
+            if stale and self._refreshing is None:
+                self._refreshing = threading.Thread(target=self._refresh, name="metrics-gauges", daemon=True)
+                self._refreshing.start()
+            refreshing = self._refreshing
+        if stale and refreshing is not None:
+            refreshing.join(GAUGES_WAIT_SECONDS)
+        with self._lock:
+            families = [f for source in SOURCES for f in self._families.get(source, [])]
+            up, read_at = dict(self._up), self._read_at
+        yield from families
+        sources = GaugeMetricFamily("teddy_metrics_source_up", "Whether the last refresh could read each source of "
+                                    "the database's gauges (1) or not (0).", labels=["source"])
+        for source in SOURCES:
+            sources.add_metric([source], up.get(source, 0))
+        yield sources
+        yield GaugeMetricFamily("teddy_metrics_gauges_age_seconds", "How old the database's gauges served are "
+                                "(-1: never read yet).", value=-1.0 if read_at is None else time.monotonic() - read_at)
 
-    def _outbox(self):
+    def refresh_now(self) -> None:
+        """Reads the gauges in the calling thread (a test, a command), after any refresh under way."""
+        with self._lock:
+            running = self._refreshing
+        if running is not None:
+            running.join()
+        self._store(self._read_all())
+
+    def _refresh(self) -> None:
+        try:
+            self._store(self._read_all())
+        finally:
+            connections.close_all()  # this thread's own connection
+            with self._lock:
+                self._refreshing = None
+
+    def _store(self, results: dict[str, list | None]) -> None:
+        with self._lock:
+            for source, families in results.items():
+                self._up[source] = int(families is not None)
+                if families is not None:
+                    self._families[source] = families
+                else:
+                    self._families.pop(source, None)
+            self._read_at = time.monotonic()
+
+    def _read_all(self) -> dict[str, list | None]:
+        results: dict[str, list | None] = {source: None for source in SOURCES}
+        try:
+            db = get_event_store().recorder.connection()
+            with transaction.atomic(using=db.alias):
+                if db.vendor == "postgresql":
+                    with db.cursor() as cursor:
+                        cursor.execute(f"SET LOCAL statement_timeout = {GAUGES_STATEMENT_TIMEOUT_MS}; "
+                                       f"SET LOCAL lock_timeout = {GAUGES_STATEMENT_TIMEOUT_MS // 2}")
+                now = get_event_store().recorder.database_now()
+                for source in SOURCES:
+                    try:
+                        with transaction.atomic(using=db.alias):  # a savepoint: one part's failure is its own
+                            results[source] = list(getattr(self, f"_{source}")(now))
+                    except DatabaseError as exc:
+                        self._log_failure(source, exc)
+        except Exception as exc:  # noqa: BLE001 - no connection at all: every part is down
+            self._log_failure("database", exc)
+        return results
+
+    def _log_failure(self, source: str, exc: Exception) -> None:
+        # One line per source and minute, not one per scrape.
+        now = time.monotonic()
+        if now - self._failures_logged.get(source, -60.0) >= 60.0:
+            self._failures_logged[source] = now
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("metrics: could not read %s from the database (%s); its gauges are left out", source, first)
+
+    def _outbox(self, now):
         recorder = get_event_store().recorder
         held = recorder.held_streams()
         oldest = recorder.oldest_unpublished(exclude=held)
-        age = max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds()) if oldest else 0.0
+        age = max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
         yield GaugeMetricFamily("teddy_outbox_backlog_events", "Committed events Kafka has not acknowledged yet.",
                                 value=recorder.outbox_backlog())
         yield GaugeMetricFamily("teddy_outbox_oldest_unpublished_age_seconds", "How long the oldest event not yet "
@@ -60,12 +134,11 @@ class StoreCollector:
         yield GaugeMetricFamily("teddy_streams_held_by_poison_events", "Streams whose publication waits behind an "
                                 "event Kafka refused for good (`manage.py relay_outbox --poison`).", value=len(held))
 
-    def _streams(self):
-        with self._lock:
-            if self._lengths is None or time.monotonic() - self._lengths[0] > STREAM_LENGTHS_MAX_AGE_SECONDS:
-                rows = get_event_store().recorder.stream_length_distribution(STREAM_LENGTH_BOUNDS)
-                self._lengths = (time.monotonic(), rows)
-            rows = self._lengths[1]
+    def _streams(self, now):
+        if self._lengths is None or time.monotonic() - self._lengths[0] > STREAM_LENGTHS_MAX_AGE_SECONDS:
+            self._lengths = (time.monotonic(),
+                             get_event_store().recorder.stream_length_distribution(STREAM_LENGTH_BOUNDS))
+        rows = self._lengths[1]
         lengths = GaugeHistogramMetricFamily("teddy_stream_length_events", "Streams by their number of events "
                                              f"(read at most every {STREAM_LENGTHS_MAX_AGE_SECONDS:.0f}s).",
                                              labels=["stream_type"])
@@ -78,36 +151,42 @@ class StoreCollector:
             events.add_metric([stream_type], total)
         yield from (lengths, streams, events)
 
-    def _projections(self):
-        from ..readside.operations import projection_status
+    def _projections(self, now):
+        from ..readside.operations import projection_gauges
 
         lag_events = GaugeMetricFamily("teddy_projection_lag_events", "Events of the store the projector's served "
-                                       "generation has not applied yet.", labels=["projector"])
+                                       "generation has not applied yet (held streams aside).", labels=["projector"])
         lag_seconds = GaugeMetricFamily("teddy_projection_lag_seconds", "Age of the oldest event the projector has "
-                                        "not applied yet (0 when caught up).", labels=["projector"])
+                                        "not applied yet (0 when caught up; held streams aside).", labels=["projector"])
         dead = GaugeMetricFamily("teddy_dead_letters", "Unresolved dead letters (events a projector could not "
                                  "apply; `manage.py projections retry-dead-letters`).", labels=["projector"])
         held = GaugeMetricFamily("teddy_projection_held_streams", "Streams a projector holds behind a dead letter or "
                                  "a gap.", labels=["projector"])
         seen = GaugeMetricFamily("teddy_projection_last_seen_age_seconds", "Time since the projector's runner last "
                                  "wrote a batch or a heartbeat.", labels=["projector"])
-        now = datetime.now(timezone.utc)
-        for status in projection_status():
-            lag_events.add_metric([status.name], status.lag_events)
-            lag_seconds.add_metric([status.name], status.lag_seconds or 0.0)
-            dead.add_metric([status.name], status.dead_letters)
-            held.add_metric([status.name], status.held_streams)
-            if status.last_seen is not None:
-                seen.add_metric([status.name], max(0.0, (now - status.last_seen).total_seconds()))
+        for row in projection_gauges(now):
+            lag_events.add_metric([row["name"]], row["lag_events"])
+            if row["lag_seconds"] is not None:
+                lag_seconds.add_metric([row["name"]], row["lag_seconds"])
+            dead.add_metric([row["name"]], row["dead_letters"])
+            held.add_metric([row["name"]], row["held_streams"])
+            if row["last_seen_seconds"] is not None:
+                seen.add_metric([row["name"]], row["last_seen_seconds"])
         yield from (lag_events, lag_seconds, dead, held, seen)
 
-    def _personal_data(self):
+    def _personal_data(self, now):
         yield GaugeMetricFamily("teddy_erased_subjects", "Data subjects whose data key was destroyed (erased).",
                                 value=get_event_store().recorder.erased_subjects())
 
 
+_gauges = StoreGauges()
 _store_registry = CollectorRegistry(auto_describe=False)
-_store_registry.register(StoreCollector())
+_store_registry.register(_gauges)
+
+
+def refresh_gauges() -> None:
+    """The database's gauges read now, for the next scrape to serve (tests, commands)."""
+    _gauges.refresh_now()
 
 
 def process_registry() -> CollectorRegistry:

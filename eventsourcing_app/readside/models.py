@@ -67,6 +67,9 @@ class StreamProgress(models.Model):
         db_table = "readside_stream_progress"
         constraints = [models.UniqueConstraint(fields=["projector", "generation", "stream_id"],
                                                name="readside_stream_progress_unique")]
+        # The held streams (few): counted without reading every stream's row (migration 0010).
+        indexes = [models.Index(fields=["projector", "generation"], condition=models.Q(held_at_version__isnull=False),
+                                name="readside_progress_held")]
 
 
 class DeadLetter(models.Model):

@@ -19,11 +19,13 @@ Proven here:
 from __future__ import annotations
 
 import json
+import time
 import os
 import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from django.db import transaction
@@ -34,6 +36,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from eventsourcing_app.domain import Child
 from eventsourcing_app.eventstore import ConcurrencyError, EventSourcingRepositoryImpl, get_snapshot_store
 from eventsourcing_app.metrics import REQUIRED_METRICS
+from eventsourcing_app.operations import metrics as served
+from eventsourcing_app.operations.metrics import refresh_gauges
 from eventsourcing_app.readside.projectors import PROJECTORS
 from tests.conftest import unique_stream
 from tests.events import notes
@@ -47,8 +51,11 @@ def value(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def scrape(client: Client | None = None) -> dict[str, list]:
-    """/metrics as a user of it sees it: sample name -> [(labels, value)]."""
+def scrape(client: Client | None = None, fresh: bool = True) -> dict[str, list]:
+    """/metrics as a user of it sees it: sample name -> [(labels, value)]; with `fresh`, the
+    database's gauges read just before (a scrape serves them up to some seconds old)."""
+    if fresh:
+        refresh_gauges()
     response = (client or Client()).get("/metrics")
     assert response.status_code == 200, response.content[:300]
     assert response["Content-Type"].startswith("text/plain")
@@ -101,6 +108,7 @@ def test_loads_are_timed_by_what_they_started_from_and_snapshots_are_counted(sto
     assert loads("empty") == (empty[0] + 1, empty[1] + loaded.version)
 
     get_snapshot_store().save_snapshot_sync(loaded.stream_id, loaded)
+    get_snapshot_store().save_snapshot_sync(loaded.stream_id, loaded)  # stored already: not stored again
     assert value("teddy_snapshots_created_total", stream_type="child") == snapshots + 1
     loaded.update_profile({"age": 10})
     repository.save_sync(loaded)
@@ -135,6 +143,8 @@ def test_reveals_exports_and_erasures_are_counted():
 def test_metrics_serve_the_database_gauges_and_every_promised_metric(store):
     stream = unique_stream("test")
     store.append_events_sync(stream, notes(4), expected_version=0)
+    store.flush(10)
+    Client().get("/health/")  # a request by view and status
     samples = scrape()
 
     missing = [name for name in REQUIRED_METRICS if name not in samples]
@@ -271,10 +281,10 @@ LOGGER = r"""
 import logging, sys
 import django
 django.setup()
-if sys.argv[1] == "celery":  # a worker configures logging through Celery's signal
-    from celery import signals
-    import teddy_project.celery  # noqa: F401
-    signals.setup_logging.send(sender=None, loglevel="INFO", logfile=None, format="", colorize=False)
+if sys.argv[1].startswith("celery:"):  # as a worker configures logging: --loglevel, --logfile
+    from teddy_project.celery import _use_django_logging
+    _, level, logfile = sys.argv[1].split(":", 2)
+    _use_django_logging(loglevel=getattr(logging, level), logfile=logfile)
 from eventsourcing_app.eventstore import get_event_store
 from eventsourcing_app.observability import event_context
 from tests.events import notes
@@ -290,13 +300,19 @@ def _log_lines(kind: str, stream: str, **env) -> list[str]:
     done = subprocess.run([sys.executable, "-c", LOGGER, kind, stream], cwd=REPO, env=_env(**env),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [line for line in done.stderr.splitlines() if line.strip()]
+    output = Path(kind.split(":", 2)[2]).read_text() if kind.startswith("celery:") else done.stderr
+    return [line for line in output.splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("kind", ["django", "celery"])
-def test_json_logs_carry_the_ids_of_each_event_store_line(store, kind):
+def test_json_logs_carry_the_ids_of_each_event_store_line(store, kind, tmp_path):
     stream = unique_stream("test")
-    lines = _log_lines(kind, stream, LOG_FORMAT="json", LOG_LEVEL="INFO")
+    if kind == "celery":  # a worker's --loglevel and --logfile apply to the app's configuration
+        kind = f"celery:INFO:{tmp_path / 'worker.log'}"
+        quiet = _log_lines(f"celery:WARNING:{tmp_path / 'quiet.log'}", unique_stream("test"), LOG_FORMAT="json",
+                           LOG_LEVEL="INFO")
+        assert not [line for line in quiet if "already stored" in line], quiet
+    lines = _log_lines(kind, stream, LOG_FORMAT="json", LOG_LEVEL="WARNING" if kind != "django" else "INFO")
     records = []
     for line in lines:
         try:
@@ -346,7 +362,8 @@ def test_a_celery_worker_serves_its_pool_processes_metrics_on_its_own_port(store
     from teddy_project.celery import app
     from tests.conftest import LOG_DIR
 
-    repository = EventSourcingRepositoryImpl(Child, cache=False)
+    # Nothing else schedules this stream's snapshot (another worker of the session would take it).
+    repository = EventSourcingRepositoryImpl(Child, cache=False, snapshot_scheduler=lambda stream_id: None)
     child = new_child()
     for age in (7, 8, 9, 10, 11, 7, 8, 9, 10):  # ten events: a snapshot is due
         child.update_profile({"age": age})
@@ -354,9 +371,9 @@ def test_a_celery_worker_serves_its_pool_processes_metrics_on_its_own_port(store
 
     port, queue, name = free_port(), f"metrics-{uuid.uuid4().hex[:8]}", f"metrics-{uuid.uuid4().hex[:6]}@localhost"
     env = _env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), WORKER_METRICS_PORT=str(port),
-               PROJECTIONS_RUN_IN_WORKER="false", CELERY_TASK_DEFAULT_QUEUE=queue)
+               PROJECTIONS_RUN_IN_WORKER="false", CELERY_TASK_DEFAULT_QUEUE=queue, LOG_FORMAT="json")
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with open(LOG_DIR / "celery-metrics-port.log", "ab") as log:
+    with open(LOG_DIR / f"celery-metrics-port-{queue}.log", "wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "teddy_project", "worker", "-n", name,
                                    "-Q", queue, "--concurrency=1", "--loglevel=INFO"],
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -380,3 +397,68 @@ def test_a_celery_worker_serves_its_pool_processes_metrics_on_its_own_port(store
     finally:
         worker.terminate()
         worker.wait(30)
+    # The worker logged through the app's configuration: JSON lines, the task's line with its id.
+    records = [json.loads(line) for line in Path(log.name).read_text().splitlines() if line.startswith("{")]
+    done = [r for r in records if r["logger"] == "celery.app.trace" and "succeeded" in r["message"]]
+    assert done and done[0]["correlation_id"] and done[0]["actor"] == "system:eventsourcing_app.tasks.create_snapshot"
+
+
+def test_a_locked_table_costs_the_gauges_not_the_scrape(store):
+    """A scrape never waits on the database longer than a moment: with the streams table locked
+    by someone else it answers with the last values and says which sources it could not read;
+    once the lock is gone the next refresh reads them all again."""
+    import psycopg
+
+    scrape()  # values to fall back on
+    locker = psycopg.connect(database_url().replace("postgres://", "postgresql://"), autocommit=False)
+    try:
+        locker.execute("LOCK TABLE eventstore_stream IN ACCESS EXCLUSIVE MODE")
+        served._gauges._read_at = None  # stale: the scrape starts a refresh
+        started = time.monotonic()
+        samples = scrape(fresh=False)  # answers while the refresh waits on the lock
+        waited = time.monotonic() - started
+        assert "teddy_outbox_backlog_events" in samples  # the last values are still served
+        refresh_gauges()  # this one meets the lock timeout
+        up = {labels["source"]: v for labels, v in scrape(fresh=False)["teddy_metrics_source_up"]}
+        assert up["outbox"] == 0 and up["projections"] == 0, up  # (stream lengths: read a minute ago, kept)
+        assert "teddy_outbox_backlog_events" not in scrape(fresh=False)  # not served as if it were current
+    finally:
+        locker.rollback()
+        locker.close()
+    up = {labels["source"]: v for labels, v in scrape()["teddy_metrics_source_up"]}
+    assert set(up.values()) == {1}, up
+    print(f"scrape with the streams table locked answered in {waited:.2f}s")
+
+
+def test_metrics_answer_only_the_monitoring_network():
+    assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
+    assert Client(REMOTE_ADDR="::1").get("/metrics").status_code == 200
+    for address in ("8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "not-an-address"):
+        assert Client(REMOTE_ADDR=address).get("/metrics").status_code == 404, address
+
+
+def test_made_up_http_methods_make_no_new_series():
+    for method in ("QWERTY", "ZXCVB"):
+        Client().generic(method, "/health/")
+    labels = {value for series in scrape(fresh=False).values() for labels, _ in series for value in labels.values()}
+    assert "<invalid method>" in labels and not {"QWERTY", "ZXCVB"} & labels
+
+
+def test_every_answer_is_logged_and_django_s_own_lines_keep_the_ids_but_not_the_query(caplog):
+    from django.test import override_settings
+
+    from eventsourcing_app.observability import LogContextFilter, json_formatter
+
+    with override_settings(LOG_REQUESTS=True), caplog.at_level("INFO"):
+        Client(HTTP_HOST="evil.example").get("/health/")  # refused before any view
+        Client().get("/api/v1/children/?search=Mila%20Schmidt", HTTP_X_CORRELATION_ID="req-401")
+        Client().get("/health/%0a2026-12-01 FORGED LINE")
+    access = [r for r in caplog.records if r.name == "eventsourcing_app.requests"]
+    assert [r.status for r in access] == [400, 401, 404]
+    assert "\n" not in access[2].getMessage() and "\\x0a" in access[2].getMessage()
+
+    refused = next(r for r in caplog.records if r.name == "django.request" and r.status_code == 401)
+    LogContextFilter().filter(refused)
+    line = json.loads(json_formatter().format(refused))
+    assert (line["correlation_id"], line["http_method"], line["http_path"]) == ("req-401", "GET", "/api/v1/children/")
+    assert "Mila" not in json.dumps(line)

@@ -397,9 +397,12 @@ def test_every_app_container_has_its_own_empty_metrics_directory_and_each_is_scr
     container. So Prometheus scrapes the web server and every worker replica."""
     failures = []
     for name, service in sorted(app_services().items()):
-        if METRICS_DIR not in (service.get("tmpfs") or []):
+        mounts = [v for v in service.get("volumes") or [] if isinstance(v, dict) and v.get("target") == METRICS_DIR]
+        if not mounts or mounts[0].get("type") != "tmpfs":
             failures.append(f"{name} has no tmpfs at {METRICS_DIR}")
-        if any(METRICS_DIR in str(volume) for volume in service.get("volumes") or []):
+        elif not (mounts[0].get("tmpfs") or {}).get("size"):
+            failures.append(f"{name}: the tmpfs at {METRICS_DIR} has no size (it would grow into the memory)")
+        if any(isinstance(v, str) and METRICS_DIR in v for v in service.get("volumes") or []):
             failures.append(f"{name} mounts a volume at {METRICS_DIR}: its files would outlive the processes")
         if environment(service).get("PROMETHEUS_MULTIPROC_DIR") != METRICS_DIR:
             failures.append(f"{name}: PROMETHEUS_MULTIPROC_DIR is not {METRICS_DIR}")
