@@ -127,8 +127,8 @@ def projection_gauges(now: datetime) -> list[dict]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT stream_type, COALESCE(SUM(version), 0) FROM eventstore_stream GROUP BY stream_type")
         stored = {stream_type: int(total) for stream_type, total in cursor.fetchall()}
-    seen = {(row["projector"], row["generation"]): row["updated_at"]
-            for row in ProjectorCheckpoint.objects.values("projector", "generation", "updated_at")}
+    checkpoints = {(row["projector"], row["generation"]): row
+                   for row in ProjectorCheckpoint.objects.values("projector", "generation", "updated_at", "caught_up_at")}
     dead = {(row["projector"], row["generation"]): row["n"] for row in
             DeadLetter.objects.filter(resolved_at__isnull=True).values("projector", "generation").annotate(n=Count("id"))}
     out = []
@@ -138,11 +138,16 @@ def projection_gauges(now: datetime) -> list[dict]:
         applied = progress.aggregate(v=Sum("version"))["v"] or 0
         held, waiting = _held(name, generation)
         lag_events = max(0, sum(stored.get(t, 0) for t in cls.stream_types) - int(applied) - waiting)
-        last_seen = seen.get((name, generation))
+        checkpoint = checkpoints.get((name, generation)) or {}
+        last_seen, caught_up = checkpoint.get("updated_at"), checkpoint.get("caught_up_at")
+        lag_seconds = 0.0
+        if lag_events:
+            lag_seconds = _oldest_unapplied_age(name, generation, cls.stream_types, now)
+            if lag_seconds is None and caught_up is not None:  # too costly to read now: an upper bound
+                lag_seconds = max(0.0, (now - caught_up).total_seconds())
         out.append({
             "name": name, "lag_events": lag_events, "dead_letters": dead.get((name, generation), 0),
-            "lag_seconds": _oldest_unapplied_age(name, generation, cls.stream_types, now) if lag_events else 0.0,
-            "held_streams": held,
+            "lag_seconds": lag_seconds, "held_streams": held,
             "last_seen_seconds": None if last_seen is None else max(0.0, (now - last_seen).total_seconds()),
         })
     return out
@@ -158,18 +163,28 @@ def _held(name: str, generation: int) -> tuple[int, int]:
     return int(held), int(waiting)
 
 
+# Reading the oldest unapplied event joins every lagging stream: past this, the time since the
+# projector was last caught up stands for it (an upper bound).
+OLDEST_UNAPPLIED_TIMEOUT_MS = 500
+
+
 def _oldest_unapplied_age(name: str, generation: int, stream_types, now: datetime) -> float | None:
     """Age of the oldest event the generation has not applied, held streams aside (those are
-    the dead letters' to report)."""
+    the dead letters' to report); None when it takes more than OLDEST_UNAPPLIED_TIMEOUT_MS."""
     behind, params = _behind(name, generation, stream_types, join="JOIN eventstore_event e ON "
                              "e.stream_id = s.stream_id AND e.version = COALESCE(p.version, 0) + 1")
+    postgres = connection.vendor == "postgresql"
     try:
         with transaction.atomic(), connection.cursor() as cursor:  # a savepoint: a timeout here spoils nothing else
+            if postgres:
+                cursor.execute("SELECT current_setting('statement_timeout')")
+                outer = cursor.fetchone()[0]
+                cursor.execute(f"SET LOCAL statement_timeout = {OLDEST_UNAPPLIED_TIMEOUT_MS}")
             cursor.execute(f"SELECT MIN(e.recorded_at) {behind} AND p.held_at_version IS NULL", params)
             oldest = cursor.fetchone()[0]
-    except DatabaseError as exc:  # e.g. the caller's statement timeout on a huge backlog
-        logger.warning("projector %s: the age of its oldest unapplied event is unknown (%s)", name,
-                       str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            if postgres:
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [outer])
+    except DatabaseError:  # the timeout, on a large backlog
         return None
     if isinstance(oldest, str):  # SQLite
         oldest = datetime.fromisoformat(oldest)
