@@ -522,8 +522,9 @@ def start_children(stack: Stack, port: int, with_worker: bool) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     if with_worker:
         celery = [sys.executable, "-m", "celery", "-A", "teddy_project"]
-        stack.start_child("worker", [*celery, "worker", "--loglevel=INFO", "--concurrency=2"])
-        stack.start_child("beat", [*celery, "beat", "--loglevel=INFO",
+        level = f"--loglevel={os.environ.get('LOG_LEVEL', '').strip() or 'INFO'}"  # as the web server's
+        stack.start_child("worker", [*celery, "worker", level, "--concurrency=2"])
+        stack.start_child("beat", [*celery, "beat", level,
                                    "--schedule", str(VAR / "celerybeat-schedule")])
     else:
         say("--no-worker: no Celery worker or beat, so the outbox relay does not run")

@@ -34,15 +34,18 @@ def _serve_worker_metrics(**kwargs) -> None:
 def _use_django_logging(loglevel=None, logfile=None, **kwargs) -> None:
     """Workers and beat log like the web server (LOG_FORMAT, the context's ids on each line)
     instead of Celery's own format: connecting this signal stops Celery configuring logging.
-    `--loglevel` and `--logfile` still apply: the level is the root logger's, and the file
-    takes the console's place."""
+    LOG_LEVEL sets the level, unless `--loglevel` is on the command line (Celery always passes
+    one, WARNING when none was given: only an explicit one wins); `--logfile` takes the
+    console's place."""
     import logging.config
+    import sys
 
     from django.conf import settings
 
     logging.config.dictConfig(settings.LOGGING)
     root = logging.getLogger()
-    if loglevel:
+    explicit = any(arg == "-l" or arg.startswith(("--loglevel", "-l")) for arg in sys.argv[1:])
+    if loglevel and explicit:
         root.setLevel(loglevel.upper() if isinstance(loglevel, str) else loglevel)
     if logfile:
         for console in list(root.handlers):

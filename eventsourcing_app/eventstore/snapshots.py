@@ -138,9 +138,11 @@ class SnapshotStore:
         schema = aggregate.snapshot_schema_version
         seal = self.field_protection.seal(seal_message("snapshot", stream_id, version, schema, subject, chain, blob))
         created_at, stored = self.recorder.insert_snapshot(stream_id, version, stream_type, schema, blob, seal, subject)
-        if stored:  # counted once committed, and not when this version was stored already
-            transaction.on_commit(metrics.SNAPSHOTS_CREATED.labels(stream_type).inc, using=self.recorder.alias,
-                                  robust=True)
+        if not stored:  # another process took it first: that one is the snapshot, here and on Kafka
+            logger.info("snapshot of %s at version %d was stored already", stream_id, version)
+            return SnapshotRecord(stream_id, version, stream_type, schema, state, created_at)
+        transaction.on_commit(metrics.SNAPSHOTS_CREATED.labels(stream_type).inc, using=self.recorder.alias,
+                              robust=True)  # counted once committed
         self._publish(stream_id, version, stream_type, schema, subject, blob, seal)
         self.prune(stream_id)
         logger.info("snapshot of %s at version %d", stream_id, version)

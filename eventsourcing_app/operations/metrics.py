@@ -30,6 +30,10 @@ STREAM_LENGTH_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000, 1
 GAUGES_MAX_AGE_SECONDS = 15.0  # Prometheus's usual scrape interval
 GAUGES_WAIT_SECONDS = 1.5
 GAUGES_STATEMENT_TIMEOUT_MS = 3000
+# A refresh still running after this long is given up (a database that stopped answering in the
+# middle of a query: the server's timeouts cannot end that): its sources count as down, and a
+# new refresh may start once it ends or is itself given up (never more than one abandoned).
+GAUGES_REFRESH_DEADLINE_SECONDS = 15.0
 # The streams' lengths are one scan of the streams table: read at most this often.
 STREAM_LENGTHS_MAX_AGE_SECONDS = 60.0
 SOURCES = ("outbox", "streams", "projections", "personal_data")
@@ -41,6 +45,8 @@ class StoreGauges:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._refreshing: threading.Thread | None = None
+        self._started_at = 0.0
+        self._abandoned: threading.Thread | None = None
         self._families: dict[str, list] = {}  # source -> its metric families, from its last good read
         self._up: dict[str, int] = {}
         self._read_at: float | None = None  # monotonic time of the last refresh's end
@@ -48,14 +54,22 @@ class StoreGauges:
         self._failures_logged: dict[str, float] = {}
 
     def collect(self):
+        started = None
         with self._lock:
-            stale = self._read_at is None or time.monotonic() - self._read_at > GAUGES_MAX_AGE_SECONDS
-            if stale and self._refreshing is None:
-                self._refreshing = threading.Thread(target=self._refresh, name="metrics-gauges", daemon=True)
-                self._refreshing.start()
-            refreshing = self._refreshing
-        if stale and refreshing is not None:
-            refreshing.join(GAUGES_WAIT_SECONDS)
+            now = time.monotonic()
+            if self._refreshing is not None and now - self._started_at > GAUGES_REFRESH_DEADLINE_SECONDS:
+                logger.warning("metrics: a refresh of the database's gauges has run %.0fs; given up, its gauges are "
+                               "left out", now - self._started_at)
+                self._abandoned, self._refreshing = self._refreshing, None
+                self._families.clear()
+                self._up = {source: 0 for source in SOURCES}
+            stale = self._read_at is None or now - self._read_at > GAUGES_MAX_AGE_SECONDS
+            if stale and self._refreshing is None and not (self._abandoned and self._abandoned.is_alive()):
+                started = self._refreshing = threading.Thread(target=self._refresh, name="metrics-gauges", daemon=True)
+                self._started_at = now
+                started.start()
+        if started is not None:  # only the scrape that started it waits, and only a moment
+            started.join(GAUGES_WAIT_SECONDS)
         with self._lock:
             families = [f for source in SOURCES for f in self._families.get(source, [])]
             up, read_at = dict(self._up), self._read_at
@@ -78,14 +92,17 @@ class StoreGauges:
 
     def _refresh(self) -> None:
         try:
-            self._store(self._read_all())
+            self._store(self._read_all(), only_if_current=True)
         finally:
             connections.close_all()  # this thread's own connection
             with self._lock:
-                self._refreshing = None
+                if self._refreshing is threading.current_thread():
+                    self._refreshing = None
 
-    def _store(self, results: dict[str, list | None]) -> None:
+    def _store(self, results: dict[str, list | None], only_if_current: bool = False) -> None:
         with self._lock:
+            if only_if_current and self._refreshing is not threading.current_thread():
+                return  # given up meanwhile: what it read is too old to serve
             for source, families in results.items():
                 self._up[source] = int(families is not None)
                 if families is not None:
@@ -101,6 +118,9 @@ class StoreGauges:
             with transaction.atomic(using=db.alias):
                 if db.vendor == "postgresql":
                     with db.cursor() as cursor:
+                        # One snapshot for every statement: totals read one after the other agree
+                        # (a projector's applied events never run ahead of the stored ones).
+                        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                         cursor.execute(f"SET LOCAL statement_timeout = {GAUGES_STATEMENT_TIMEOUT_MS}; "
                                        f"SET LOCAL lock_timeout = {GAUGES_STATEMENT_TIMEOUT_MS // 2}")
                 now = get_event_store().recorder.database_now()
@@ -157,7 +177,9 @@ class StoreGauges:
         lag_events = GaugeMetricFamily("teddy_projection_lag_events", "Events of the store the projector's served "
                                        "generation has not applied yet (held streams aside).", labels=["projector"])
         lag_seconds = GaugeMetricFamily("teddy_projection_lag_seconds", "Age of the oldest event the projector has "
-                                        "not applied yet (0 when caught up; held streams aside).", labels=["projector"])
+                                        "not applied yet (0 when caught up; held streams aside; when too costly to "
+                                        "read, the time since it last reached the end of Kafka; +Inf if it never "
+                                        "did).", labels=["projector"])
         dead = GaugeMetricFamily("teddy_dead_letters", "Unresolved dead letters (events a projector could not "
                                  "apply; `manage.py projections retry-dead-letters`).", labels=["projector"])
         held = GaugeMetricFamily("teddy_projection_held_streams", "Streams a projector holds behind a dead letter or "
@@ -166,8 +188,7 @@ class StoreGauges:
                                  "wrote a batch or a heartbeat.", labels=["projector"])
         for row in projection_gauges(now):
             lag_events.add_metric([row["name"]], row["lag_events"])
-            if row["lag_seconds"] is not None:
-                lag_seconds.add_metric([row["name"]], row["lag_seconds"])
+            lag_seconds.add_metric([row["name"]], float("inf") if row["lag_seconds"] is None else row["lag_seconds"])
             dead.add_metric([row["name"]], row["dead_letters"])
             held.add_metric([row["name"]], row["held_streams"])
             if row["last_seen_seconds"] is not None:

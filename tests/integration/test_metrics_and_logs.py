@@ -307,12 +307,12 @@ def _log_lines(kind: str, stream: str, **env) -> list[str]:
 @pytest.mark.parametrize("kind", ["django", "celery"])
 def test_json_logs_carry_the_ids_of_each_event_store_line(store, kind, tmp_path):
     stream = unique_stream("test")
-    if kind == "celery":  # a worker's --loglevel and --logfile apply to the app's configuration
+    if kind == "celery":  # a worker's --logfile, and LOG_LEVEL, apply to the app's configuration
         kind = f"celery:INFO:{tmp_path / 'worker.log'}"
-        quiet = _log_lines(f"celery:WARNING:{tmp_path / 'quiet.log'}", unique_stream("test"), LOG_FORMAT="json",
-                           LOG_LEVEL="INFO")
+        quiet = _log_lines(f"celery:INFO:{tmp_path / 'quiet.log'}", unique_stream("test"), LOG_FORMAT="json",
+                           LOG_LEVEL="WARNING")
         assert not [line for line in quiet if "already stored" in line], quiet
-    lines = _log_lines(kind, stream, LOG_FORMAT="json", LOG_LEVEL="WARNING" if kind != "django" else "INFO")
+    lines = _log_lines(kind, stream, LOG_FORMAT="json", LOG_LEVEL="INFO")
     records = []
     for line in lines:
         try:
@@ -462,3 +462,35 @@ def test_every_answer_is_logged_and_django_s_own_lines_keep_the_ids_but_not_the_
     line = json.loads(json_formatter().format(refused))
     assert (line["correlation_id"], line["http_method"], line["http_path"]) == ("req-401", "GET", "/api/v1/children/")
     assert "Mila" not in json.dumps(line)
+
+
+def test_a_refresh_that_never_ends_is_given_up(monkeypatch):
+    """A database that stops answering in the middle of a query (the server's timeouts cannot
+    end that): the refresh is given up after its deadline, its sources are reported down, no
+    second one piles up behind it, and once it ends refreshes go on. (The database is replaced
+    by a function that blocks: what is tested is the collector's own logic.)"""
+    import threading
+
+    gauges, release, calls = served.StoreGauges(), threading.Event(), []
+
+    def read_all():
+        calls.append(threading.current_thread())
+        if len(calls) == 1:
+            release.wait(60)
+        return {source: [] for source in served.SOURCES}
+
+    def up() -> dict:
+        family = next(f for f in gauges.collect() if f.name == "teddy_metrics_source_up")
+        return {s.labels["source"]: s.value for s in family.samples}
+
+    monkeypatch.setattr(gauges, "_read_all", read_all)
+    monkeypatch.setattr(served, "GAUGES_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(served, "GAUGES_REFRESH_DEADLINE_SECONDS", 0.3)
+    assert set(up().values()) == {0}  # the first refresh hangs: nothing read yet
+    time.sleep(0.4)
+    assert set(up().values()) == {0} and len(calls) == 1  # given up; no second one behind it
+    release.set()
+    calls[0].join(10)
+    up()  # starts a new refresh, which answers at once
+    calls[-1].join(10)
+    assert len(calls) == 2 and set(up().values()) == {1}
