@@ -131,18 +131,21 @@ def projection_gauges(now: datetime) -> list[dict]:
                    for row in ProjectorCheckpoint.objects.values("projector", "generation", "updated_at", "caught_up_at")}
     dead = {(row["projector"], row["generation"]): row["n"] for row in
             DeadLetter.objects.filter(resolved_at__isnull=True).values("projector", "generation").annotate(n=Count("id"))}
+    # One scan of the progress rows for every projector (not one per projector).
+    applied_by = {(row["projector"], row["generation"]): row["v"] or 0 for row in
+                  StreamProgress.objects.values("projector", "generation").annotate(v=Sum("version"))}
     out = []
     for name, cls in PROJECTORS.items():
         generation = generations.get(name, 1)
-        progress = StreamProgress.objects.filter(projector=name, generation=generation)
-        applied = progress.aggregate(v=Sum("version"))["v"] or 0
+        applied = applied_by.get((name, generation), 0)
         held, waiting = _held(name, generation)
         lag_events = max(0, sum(stored.get(t, 0) for t in cls.stream_types) - int(applied) - waiting)
         checkpoint = checkpoints.get((name, generation)) or {}
         last_seen, caught_up = checkpoint.get("updated_at"), checkpoint.get("caught_up_at")
         lag_seconds = 0.0
         if lag_events:
-            lag_seconds = _oldest_unapplied_age(name, generation, cls.stream_types, now)
+            lag_seconds = (_oldest_unapplied_age(name, generation, cls.stream_types, now)
+                           if lag_events <= OLDEST_UNAPPLIED_MAX_LAG else None)
             if lag_seconds is None and caught_up is not None:  # too costly to read now: an upper bound
                 lag_seconds = max(0.0, (now - caught_up).total_seconds())
         out.append({
@@ -166,6 +169,7 @@ def _held(name: str, generation: int) -> tuple[int, int]:
 # Reading the oldest unapplied event joins every lagging stream: past this, the time since the
 # projector was last caught up stands for it (an upper bound).
 OLDEST_UNAPPLIED_TIMEOUT_MS = 500
+OLDEST_UNAPPLIED_MAX_LAG = 10_000  # further behind, it would only be cancelled: not tried
 
 
 def _oldest_unapplied_age(name: str, generation: int, stream_types, now: datetime) -> float | None:
