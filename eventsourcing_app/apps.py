@@ -8,7 +8,7 @@ class EventsourcingAppConfig(AppConfig):
 
     def ready(self) -> None:
         # metrics first: in multiprocess mode its values must be set up before any metric exists.
-        from . import metrics  # noqa: F401
+        from . import metrics
         from . import bootstrap, checks  # noqa: F401 - checks registers the system checks
 
         bootstrap.install()  # the composition root: store, Kafka, privacy, Celery wired together

@@ -285,8 +285,8 @@ LOGGING = {
 # Prometheus multiprocess mode: every process writes its metrics to files in this directory
 # and /metrics adds up those of all processes that share it (in docker-compose, a container's
 # processes; in the local run, all of them). Unset: each process keeps its own, as for a test
-# or a command. prometheus_client reads the variable
-# itself; it is checked here so that a bad one stops the process at once.
+# or a command. prometheus_client reads the variable itself; it is checked here so that a bad
+# one stops the process at once.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "", r"([^-\s].*)?")
 if not PROMETHEUS_MULTIPROC_DIR:
     # Set but empty is unset here; prometheus_client would write its files into the working directory.

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line of text (a database's message goes on for several), or its type."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class EventStoreError(Exception):
     """Base of every event store error."""
 

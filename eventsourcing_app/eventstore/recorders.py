@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 
 import psycopg
 from django.db import Error as DjangoDbError
-from django.db import IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import Count, F, Max, Min, Q
 from psycopg.types.datetime import TimestamptzLoader
 
@@ -218,12 +218,22 @@ class DjangoRecorder:
     def connection(self):
         """The alias's connection, replaced first if a previous call lost it (a terminated
         backend, a network cut): a lost connection fails one call, never the next ones."""
+        self.discard_broken_connection()
+        db = connections[self.alias]
+        db.ensure_connection()
+        return db
+
+    def discard_broken_connection(self) -> None:
+        """Closes the alias's connection if it is dead and no transaction holds it: Django drops a
+        broken connection only at the end of a request, so in a worker or a script the next query
+        would fail on it too instead of opening a new one."""
         db = connections[self.alias]
         raw = db.connection
         if raw is not None and not db.in_atomic_block and (getattr(raw, "closed", False) or getattr(raw, "broken", False)):
-            db.close()
-        db.ensure_connection()
-        return db
+            try:
+                db.close()
+            except DatabaseError:  # closing a dead connection; it is dropped all the same
+                pass
 
     # --- append ------------------------------------------------------------------------
 

@@ -107,9 +107,7 @@ class EventSourcingRepositoryImpl(Generic[A]):
             try:
                 return self._load(aggregate_id, stream_id, version, as_of)
             except (OperationalError, InterfaceError) as exc:
-                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise self.event_store.connection_lost(
-                    f"the database connection failed while loading {stream_id} ({first_line}); retry") from exc
+                raise self.event_store.connection_lost(f"while loading {stream_id}", exc) from exc
 
     def _load(self, aggregate_id: str, stream_id: str, version: int | None, as_of: datetime | None) -> A:
         if version is not None and as_of is not None:

@@ -33,6 +33,7 @@ from .errors import (
     SubjectErasedError,
     TransientStoreError,
     UnknownStreamTypeError,
+    first_line,
 )
 from .configured import get_field_protection
 from .integrity import content_digest
@@ -166,20 +167,15 @@ class EventStore:
     def _record_once(self, stream_id, stream_type, expected, pending, new_key, subject_keys) -> AppendOutcome:
         try:
             return self.recorder.append(stream_id, stream_type, expected, pending, new_key, subject_keys)
-        except OperationalError as exc:
+        except (OperationalError, InterfaceError) as exc:
             if getattr(exc.__cause__, "sqlstate", None) in _TRANSIENT_SQLSTATES:
                 raise TransientStoreError(
                     f"the append to {stream_id} met a deadlock or a serialization failure and stored nothing: "
                     "run the whole operation again") from exc
-            raise self.connection_lost(
-                f"the database connection failed during the append to {stream_id} ({_first_line(exc)}); whether it "
-                "was stored is unknown: retry the same append (re-appending the same events is idempotent)") from exc
-        except InterfaceError as exc:
-            raise self.connection_lost(
-                f"the database connection failed during the append to {stream_id} ({_first_line(exc)}); whether it "
-                "was stored is unknown: retry the same append (re-appending the same events is idempotent)") from exc
+            raise self.connection_lost(f"during the append to {stream_id}", exc, "whether it was stored is unknown: "
+                                       "retry the same append (re-appending the same events is idempotent)") from exc
         except DatabaseError as exc:
-            raise EventStoreError(f"the database refused the append to {stream_id}: {_first_line(exc)}") from exc
+            raise EventStoreError(f"the database refused the append to {stream_id}: {first_line(exc)}") from exc
 
     def _result(self, stream_id, expected, pending, outcome: AppendOutcome) -> AppendResult:
         kind = outcome.outcome
@@ -259,8 +255,7 @@ class EventStore:
         try:
             events = self.recorder.load(stream_id, max(from_version, 1), to_version)
         except (OperationalError, InterfaceError) as exc:
-            raise self.connection_lost(f"the database connection failed while loading {stream_id} "
-                                       f"({_first_line(exc)}); retry") from exc
+            raise self.connection_lost(f"while loading {stream_id}", exc) from exc
         if source == "mirror":
             return events
         if source != "kafka":
@@ -285,22 +280,14 @@ class EventStore:
         try:
             return self.recorder.stream_version(stream_id)
         except (OperationalError, InterfaceError) as exc:
-            raise self.connection_lost(f"the database connection failed while reading the version of {stream_id} "
-                                       f"({_first_line(exc)}); retry") from exc
+            raise self.connection_lost(f"while reading the version of {stream_id}", exc) from exc
 
-    def connection_lost(self, message: str) -> StoreUnavailableError:
-        """The error for a call that lost its database connection. Outside a transaction the
-        dead connection is closed here: Django drops a broken connection only at the end of a
-        request, so in a worker or a script whatever the caller does next (a command, its own
-        transaction or query) would fail on it too, instead of opening a new one."""
-        db = connections[self.recorder.alias]
-        raw = db.connection
-        if raw is not None and not db.in_atomic_block and (getattr(raw, "closed", False) or getattr(raw, "broken", False)):
-            try:
-                db.close()
-            except DatabaseError:  # closing a dead connection; it is dropped all the same
-                pass
-        return StoreUnavailableError(message)
+    def connection_lost(self, during: str, exc: Exception, advice: str = "retry") -> StoreUnavailableError:
+        """The error for a call that lost its database connection (`during` says which call).
+        Outside a transaction the dead connection is closed first, so that whatever the caller
+        does next (a command, its own transaction or query) opens a new one."""
+        self.recorder.discard_broken_connection()
+        return StoreUnavailableError(f"the database connection failed {during} ({first_line(exc)}); {advice}")
 
     # --- async twins (the guide's API) ------------------------------------------------
 
@@ -359,10 +346,6 @@ def _check_metadata(name: str, value: object) -> None:
 def _count_appended(stream_type: str, counts: dict[str, int]) -> None:
     for event_type, count in counts.items():
         metrics.EVENTS_APPENDED.labels(stream_type, event_type).inc(count)
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _metadata(stream_id: str, version: int, pending: PendingEvent, position: int) -> EventMetadata:

@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 
 from .. import metrics
 from ..eventstore import get_event_store
+from ..eventstore.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ class StoreGauges:
         self._refreshing: threading.Thread | None = None
         self._started_at = 0.0
         self._abandoned: threading.Thread | None = None
-        self._families: dict[str, list] = {}  # source -> its metric families, from its last good read
-        self._up: dict[str, int] = {}
+        self._families: dict[str, list] = {}  # source -> its metric families; absent: its last read failed
         self._read_at: float | None = None  # monotonic time of the last refresh's end
         self._lengths: tuple[float, dict] | None = None
         self._failures_logged: dict[str, float] = {}
@@ -62,7 +62,6 @@ class StoreGauges:
                                "left out", now - self._started_at)
                 self._abandoned, self._refreshing = self._refreshing, None
                 self._families.clear()
-                self._up = {source: 0 for source in SOURCES}
             stale = self._read_at is None or now - self._read_at > GAUGES_MAX_AGE_SECONDS
             if stale and self._refreshing is None and not (self._abandoned and self._abandoned.is_alive()):
                 started = self._refreshing = threading.Thread(target=self._refresh, name="metrics-gauges", daemon=True)
@@ -71,13 +70,14 @@ class StoreGauges:
         if started is not None:  # only the scrape that started it waits, and only a moment
             started.join(GAUGES_WAIT_SECONDS)
         with self._lock:
-            families = [f for source in SOURCES for f in self._families.get(source, [])]
-            up, read_at = dict(self._up), self._read_at
+            read = dict(self._families)
+            read_at = self._read_at
+        families = [f for source in SOURCES for f in read.get(source, [])]
         yield from families
         sources = GaugeMetricFamily("teddy_metrics_source_up", "Whether the last refresh could read each source of "
                                     "the database's gauges (1) or not (0).", labels=["source"])
         for source in SOURCES:
-            sources.add_metric([source], up.get(source, 0))
+            sources.add_metric([source], int(source in read))
         yield sources
         yield GaugeMetricFamily("teddy_metrics_gauges_age_seconds", "How old the database's gauges served are "
                                 "(-1: never read yet).", value=-1.0 if read_at is None else time.monotonic() - read_at)
@@ -104,7 +104,6 @@ class StoreGauges:
             if only_if_current and self._refreshing is not threading.current_thread():
                 return  # given up meanwhile: what it read is too old to serve
             for source, families in results.items():
-                self._up[source] = int(families is not None)
                 if families is not None:
                     self._families[source] = families
                 else:
@@ -139,8 +138,8 @@ class StoreGauges:
         now = time.monotonic()
         if now - self._failures_logged.get(source, -60.0) >= 60.0:
             self._failures_logged[source] = now
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            logger.warning("metrics: could not read %s from the database (%s); its gauges are left out", source, first)
+            logger.warning("metrics: could not read %s from the database (%s); its gauges are left out", source,
+                           first_line(exc))
 
     def _outbox(self, now):
         recorder = get_event_store().recorder

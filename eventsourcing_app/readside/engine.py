@@ -32,6 +32,7 @@ from django.db.models import F
 
 from .. import metrics
 from ..eventstore import get_event_store
+from ..eventstore.errors import first_line
 from ..eventstore.records import StoredEvent
 from ..eventstore.serialization import deserialize_event, parse_stream_id, registry
 from ..observability import event_log_fields
@@ -473,7 +474,7 @@ _REFUSED = (DataError, IntegrityError)
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return first_line(exc)[:300]
 
 
 class _Failed(Exception):

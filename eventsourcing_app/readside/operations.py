@@ -68,12 +68,18 @@ def _lag(name: str, generation: int, stream_types) -> tuple[int, float | None]:
         cursor.execute(f"SELECT COALESCE(SUM(s.version - COALESCE(p.version, 0)), 0), MIN(e.recorded_at) {behind}",
                        params)
         events, oldest = cursor.fetchone()
-    if isinstance(oldest, str):  # SQLite
-        oldest = datetime.fromisoformat(oldest)
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=timezone.utc)
-    age = None if oldest is None else max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds())
-    return int(events or 0), age
+    return int(events or 0), _age(oldest, datetime.now(timezone.utc))
+
+
+def _age(moment, now: datetime) -> float | None:
+    """Seconds from a timestamp a raw query returned (SQLite's: text, naive UTC) to `now`."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, (now - moment).total_seconds())
 
 
 def projection_status() -> list[ProjectorStatus]:
@@ -146,12 +152,12 @@ def projection_gauges(now: datetime) -> list[dict]:
         if lag_events:
             lag_seconds = (_oldest_unapplied_age(name, generation, cls.stream_types, now)
                            if lag_events <= OLDEST_UNAPPLIED_MAX_LAG else None)
-            if lag_seconds is None and caught_up is not None:  # too costly to read now: an upper bound
-                lag_seconds = max(0.0, (now - caught_up).total_seconds())
+            if lag_seconds is None:  # too costly to read now: the time since it was last caught up
+                lag_seconds = _age(caught_up, now)
         out.append({
             "name": name, "lag_events": lag_events, "dead_letters": dead.get((name, generation), 0),
             "lag_seconds": lag_seconds, "held_streams": held,
-            "last_seen_seconds": None if last_seen is None else max(0.0, (now - last_seen).total_seconds()),
+            "last_seen_seconds": _age(last_seen, now),
         })
     return out
 
@@ -190,13 +196,7 @@ def _oldest_unapplied_age(name: str, generation: int, stream_types, now: datetim
                 cursor.execute("SELECT set_config('statement_timeout', %s, true)", [outer])
     except DatabaseError:  # the timeout, on a large backlog
         return None
-    if isinstance(oldest, str):  # SQLite
-        oldest = datetime.fromisoformat(oldest)
-    if oldest is None:
-        return 0.0
-    if oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=timezone.utc)
-    return max(0.0, (now - oldest).total_seconds())
+    return _age(oldest, now) or 0.0
 
 
 # --- rebuild -----------------------------------------------------------------------------
