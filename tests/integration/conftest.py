@@ -89,6 +89,16 @@ def database_url() -> str:
     return f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def process_env(kafka: KafkaSettings | None = None, **extra: str) -> dict:
+    """The environment of a process a test starts: this session's database, the given broker and
+    topics (the session's by default) and the test stream types, with `extra` on top."""
+    kafka = kafka or KafkaSettings.from_django()
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", "DATABASE_URL": database_url(),
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+            "KAFKA_TOPIC_PARTITIONS": str(kafka.partitions), "EVENTSTORE_STREAM_TYPES": ",".join(STREAM_TYPES),
+            **extra}
+
+
 @pytest.fixture(scope="session")
 def celery_worker(kafka_settings, configured):
     """A real Celery worker process on its own queue, against the test database and broker."""
@@ -97,16 +107,7 @@ def celery_worker(kafka_settings, configured):
     queue = f"teddy-test-{RUN_ID}"
     app.conf.task_default_queue = queue
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
-        "KAFKA_TOPIC_PARTITIONS": str(kafka_settings.partitions),
-        "EVENTSTORE_STREAM_TYPES": ",".join(STREAM_TYPES),
-        "CELERY_TASK_DEFAULT_QUEUE": queue,
-        "EVENTSTORE_RELAY_GRACE_SECONDS": "0",
-    }
+    env = process_env(kafka_settings, CELERY_TASK_DEFAULT_QUEUE=queue, EVENTSTORE_RELAY_GRACE_SECONDS="0")
     name = f"worker-{RUN_ID}@localhost"
     log = open(LOG_DIR / f"celery-{RUN_ID}.log", "ab")
     process = subprocess.Popen(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from django.test.utils import CaptureQueriesContext
 from eventsourcing_app.models import AccessRecord, Event, SubjectKey
 from tests.conftest import LOG_DIR
 from tests.integration.compliance_helpers import make_family, staff_user
-from tests.integration.conftest import REPO, database_url
+from tests.integration.conftest import REPO, process_env
 
 E = "/admin/eventsourcing_app/event/"
 S = "/admin/eventsourcing_app/stream/"
@@ -455,10 +454,7 @@ json.dump({"written": written, "errors": errors}, open(out, "w"))
 
 
 def _env() -> dict:
-    return {**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", "DATABASE_URL": database_url(),
-            "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS, "KAFKA_TOPIC_PREFIX": settings.KAFKA_TOPIC_PREFIX,
-            "KAFKA_TOPIC_PARTITIONS": str(settings.KAFKA_TOPIC_PARTITIONS),
-            "EVENTSTORE_STREAM_TYPES": ",".join(settings.EVENTSTORE["STREAM_TYPES"]), "LOG_LEVEL": "WARNING"}
+    return process_env(LOG_LEVEL="WARNING")
 
 
 @pytest.fixture(scope="module")

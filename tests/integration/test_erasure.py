@@ -18,7 +18,6 @@ Proven here, against the real PostgreSQL, Redis, Tansu broker and separate OS pr
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import sys
@@ -67,7 +66,7 @@ from eventsourcing_app.models import Event, Stream, SubjectKey
 from eventsourcing_app.observability import event_context
 from eventsourcing_app.operations.migration import migrate_stream
 from tests.conftest import LOG_DIR, RUN_ID
-from tests.integration.conftest import REPO, STREAM_TYPES, database_url
+from tests.integration.conftest import REPO, process_env
 from tests.integration.helpers import wait_until
 
 NAME = "Zephyrine"  # distinctive, so that a search for it in exports and raw bytes means something
@@ -149,16 +148,7 @@ def unreachable_redis_url() -> str:
 
 def django_env(kafka_settings, **changes) -> dict:
     """The environment of another Django process on the test database, broker and Redis."""
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
-        "KAFKA_TOPIC_PARTITIONS": str(kafka_settings.partitions),
-        "EVENTSTORE_STREAM_TYPES": ",".join(STREAM_TYPES),
-        "REDIS_URL": settings.REDIS_URL,
-        **changes,
-    }
+    return process_env(kafka_settings, **{"REDIS_URL": settings.REDIS_URL, **changes})
 
 
 def run_manage(kafka_settings, *args, timeout: float = 120, **env_changes) -> subprocess.CompletedProcess:

@@ -56,7 +56,7 @@ from eventsourcing_app.domain import Child
 from eventsourcing_app.eventstore import StoreUnavailableError, get_event_sourcing_service
 from tests.conftest import LOG_DIR, RUN_ID, unique_stream
 from tests.events import notes
-from tests.integration.conftest import REPO, STREAM_TYPES, database_url
+from tests.integration.conftest import REPO, STREAM_TYPES, database_url, process_env
 from tests.integration.helpers import wait_until
 
 SYSTEM = Actor.system("faults-under-load")
@@ -971,10 +971,7 @@ def test_a_writer_whose_backends_are_terminated_in_a_loop_loses_nothing_and_neve
     workdir = LOG_DIR / f"faults-loop-{RUN_ID}"
     workdir.mkdir(parents=True, exist_ok=True)
     out, stop = workdir / "calls.jsonl", workdir / "stop"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", "DATABASE_URL": database_url(),
-           "PGAPPNAME": name, "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-           "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix, "KAFKA_TOPIC_PARTITIONS": str(kafka_settings.partitions),
-           "EVENTSTORE_STREAM_TYPES": ",".join(STREAM_TYPES)}
+    env = process_env(kafka_settings, PGAPPNAME=name)
     writer = subprocess.Popen([sys.executable, "-m", "tests.integration.test_faults_under_load", "pg-writer", str(out),
                                str(stop), calls.a, calls.b, calls.c, calls.child_id], cwd=REPO, env=env,
                               stdout=open(workdir / "writer.log", "ab"), stderr=subprocess.STDOUT)
@@ -1133,10 +1130,7 @@ def test_with_redis_hung_or_down_appends_and_loads_work_and_readiness_names_redi
     workdir = LOG_DIR / f"faults-redis-{RUN_ID}"
     workdir.mkdir(parents=True, exist_ok=True)
     out, stop = workdir / "calls.jsonl", workdir / "stop"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", "DATABASE_URL": database_url(),
-           "REDIS_URL": url, "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-           "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix, "KAFKA_TOPIC_PARTITIONS": str(kafka_settings.partitions),
-           "EVENTSTORE_STREAM_TYPES": ",".join(STREAM_TYPES), "EVENTSTORE_SNAPSHOT_FREQUENCY": "5"}
+    env = process_env(kafka_settings, REDIS_URL=url, EVENTSTORE_SNAPSHOT_FREQUENCY="5")
 
     def lines(since: float) -> list[dict]:
         if not out.exists():

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-import os
 import re
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from eventsourcing_app.operations.metrics import refresh_gauges
 from eventsourcing_app.readside.projectors import PROJECTORS
 from tests.conftest import unique_stream
 from tests.events import notes
-from tests.integration.conftest import REPO, database_url
+from tests.integration.conftest import REPO, database_url, process_env
 from tests.integration.helpers import new_child
 
 DASHBOARD = REPO / "deploy" / "grafana" / "teddy-dashboard.json"
@@ -246,13 +245,7 @@ print(exposition()[0].decode())
 
 
 def _env(**extra) -> dict:
-    from django.conf import settings
-
-    return {**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", "DATABASE_URL": database_url(),
-            "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS, "KAFKA_TOPIC_PREFIX": settings.KAFKA_TOPIC_PREFIX,
-            "KAFKA_TOPIC_PARTITIONS": str(settings.KAFKA_TOPIC_PARTITIONS),
-            "EVENTSTORE_STREAM_TYPES": ",".join(settings.EVENTSTORE["STREAM_TYPES"]), "PYTHONPATH": str(REPO),
-            **extra}
+    return process_env(PYTHONPATH=str(REPO), **extra)
 
 
 def test_metrics_of_several_processes_add_up_in_one_scrape(store, tmp_path):

@@ -7,7 +7,6 @@ terminal. The time bound is a hang guard, not a speed claim.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from devtools.embedded import free_port
 from eventsourcing_app.application import Actor, grant_consent, register_child, register_parent
 from eventsourcing_app.models import Stream, SubjectKey
 from eventsourcing_app.operations.relay import relay_outbox
-from tests.integration.conftest import REPO, STREAM_TYPES, database_url
+from tests.integration.conftest import REPO, process_env
 
 HANG_GUARD_SECONDS = 20
 NO_KAFKA = "127.0.0.1:1"  # nothing listens on port 1
@@ -33,9 +32,7 @@ def no_redis() -> str:
 
 
 def manage(kafka_settings, *args, **env_changes) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "DATABASE_URL": database_url(), "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-           "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix, "KAFKA_TOPIC_PARTITIONS": str(kafka_settings.partitions),
-           "EVENTSTORE_STREAM_TYPES": ",".join(STREAM_TYPES), "REDIS_URL": settings.REDIS_URL, **env_changes}
+    env = process_env(kafka_settings, **{"REDIS_URL": settings.REDIS_URL, **env_changes})
     started = time.monotonic()
     done = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)

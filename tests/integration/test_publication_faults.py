@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import selectors
 import signal
 import subprocess
@@ -49,7 +48,7 @@ from eventsourcing_app.operations.relay import POISON_RETRY_SECONDS, KafkaUnavai
 from eventsourcing_app.operations.verify import verify_integrity
 from tests.conftest import LOG_DIR, unique_stream
 from tests.events import NoteRecorded, notes
-from tests.integration.conftest import REPO, STREAM_TYPES, database_url
+from tests.integration.conftest import REPO, process_env
 from tests.integration.helpers import wait_until
 from tests.kafka_helpers import records_by_stream
 
@@ -75,9 +74,7 @@ def kafka_versions(kafka, stream_id: str) -> list[int]:
 
 
 def command_env(kafka) -> dict:
-    return {**os.environ, "DATABASE_URL": database_url(), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "KAFKA_TOPIC_PARTITIONS": str(kafka.partitions),
-            "EVENTSTORE_STREAM_TYPES": ",".join(STREAM_TYPES), "KAFKA_MESSAGE_TIMEOUT_MS": "3000"}
+    return process_env(kafka, KAFKA_MESSAGE_TIMEOUT_MS="3000")
 
 
 def manage(kafka, *args, timeout: float = 120) -> subprocess.CompletedProcess:

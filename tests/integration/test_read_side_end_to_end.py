@@ -9,7 +9,6 @@ projector fills from the mirror), and a killed worker's projectors are taken ove
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -17,11 +16,10 @@ import urllib.request
 import uuid
 
 import pytest
-from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 
 from eventsourcing_app.application.accounts import create_parent_account
-from tests.integration.conftest import REPO, database_url
+from tests.integration.conftest import REPO, process_env
 from tests.integration.helpers import serve_http
 from tests.kafka_helpers import records_by_stream
 
@@ -114,10 +112,7 @@ def test_events_from_several_processes_to_one_stream_reach_the_read_model_withou
     account = create_parent_account(email=f"multi-{tag}@example.com", password="a-long-test-password-1")
     register_child_with_consent(actor=Actor.system("tests"), parent_id=account.parent_id, child_id=f"c-{tag}",
                                 name="Quinn", age=6, consent_method="signed_form")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "teddy_project.settings", "DATABASE_URL": database_url(),
-           "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS, "KAFKA_TOPIC_PREFIX": settings.KAFKA_TOPIC_PREFIX,
-           "KAFKA_TOPIC_PARTITIONS": str(settings.KAFKA_TOPIC_PARTITIONS),
-           "EVENTSTORE_STREAM_TYPES": ",".join(settings.EVENTSTORE["STREAM_TYPES"])}
+    env = process_env()
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, f"c-{tag}", "15", str(n)], cwd=REPO, env=env)
                for n in range(4)]
     assert [w.wait(180) for w in writers] == [0, 0, 0, 0]

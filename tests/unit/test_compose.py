@@ -18,7 +18,6 @@ import ast
 import importlib.util
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
