@@ -235,5 +235,10 @@ def serve_worker_metrics(port: int) -> None:
     the web server; served twice, a sum over targets would count them twice)."""
     from prometheus_client import start_http_server
 
-    start_http_server(port, registry=process_registry())
+    try:
+        start_http_server(port, registry=process_registry())
+    except OSError as exc:  # the worker's work matters more than its metrics: it goes on
+        logger.error("WORKER_METRICS_PORT=%d cannot be served (%s): this worker's metrics are not scraped; "
+                     "free the port or choose another", port, exc.strerror or exc)
+        return
     logger.info("worker metrics on port %d (/metrics)", port)

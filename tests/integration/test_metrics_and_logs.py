@@ -487,3 +487,19 @@ def test_a_refresh_that_never_ends_is_given_up(monkeypatch):
     up()  # starts a new refresh, which answers at once
     calls[-1].join(10)
     assert len(calls) == 2 and set(up().values()) == {1}
+
+
+def test_a_worker_metrics_port_in_use_is_one_clear_line_and_the_worker_goes_on(caplog):
+    import socket
+
+    from eventsourcing_app.operations.metrics import serve_worker_metrics
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with caplog.at_level("ERROR", logger="eventsourcing_app.operations.metrics"):
+            serve_worker_metrics(port)  # returns: no exception reaches the worker's start-up
+    assert [r.getMessage() for r in caplog.records] == [
+        f"WORKER_METRICS_PORT={port} cannot be served (Address already in use): this worker's metrics are not "
+        "scraped; free the port or choose another"]
