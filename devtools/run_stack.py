@@ -100,15 +100,20 @@ class StartupError(Exception):
 _stop_requested = threading.Event()
 
 
-def say(message: str = "") -> None:
+def show(text: str) -> None:
+    """Writes to the console. If the console went away (`scripts/run | head`, a closed
+    terminal), even in the middle of a line: quiet from now on, and everything stops, as on
+    Ctrl-C."""
     try:
-        print(f"run: {message}" if message else "", flush=True)
+        print(text, flush=True)
     except BrokenPipeError:
-        # The console went away (`scripts/run | head`, a closed terminal): keep quiet from
-        # now on and stop everything, as on Ctrl-C.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         _stop_requested.set()
+
+
+def say(message: str = "") -> None:
+    show(f"run: {message}" if message else "")
 
 
 def shown(path: Path) -> str:
@@ -135,7 +140,7 @@ def install_signal_handlers() -> None:
     # process and recording it, and that process would then never be stopped.
     def request_stop(signum, _frame):
         if not _stop_requested.is_set():
-            print(flush=True)
+            show("")
             say(f"{signal.Signals(signum).name} received, stopping ...")
         _stop_requested.set()
 
@@ -234,7 +239,7 @@ class LogEcho(threading.Thread):
                 handle.seek(start)
                 return
             if ECHO_PATTERN.search(line) and not ECHO_IGNORE.search(line):
-                print(f"[{name:<6}] {line.rstrip()[:240]}", flush=True)
+                show(f"[{name:<6}] {line.rstrip()[:240]}")
 
     def close(self) -> None:
         self.finished.set()
@@ -539,7 +544,7 @@ def dead_child(stack: Stack) -> Child | None:
 
 def report_death(child: Child) -> None:
     say(f"{child.name} stopped unexpectedly ({child.describe_exit()}); end of {shown(child.log_path)}:")
-    print(tail(child.log_path), flush=True)
+    show(tail(child.log_path))
 
 
 def get(url: str, limit: int | None = 300) -> tuple[int | None, str]:
@@ -591,23 +596,23 @@ def print_banner(base: str, credentials: tuple[str, str, str], login: dict | Non
     if kafka_is_embedded:
         logs += f", {shown(VAR / 'tansu.log')}"
     rule = "=" * 66
-    print(f"\n{rule}\n  Teddy event store is running\n{rule}", flush=True)
-    print(f"  Admin        {base}/admin/\n"
-          f"  Health       {base}/health/        (now: {health[0] or health[1]})\n"
-          f"  Readiness    {base}/health/ready/  (now: {ready[0] or ready[1]})\n"
-          f"  Admin login  {username} / {password}   ({source})\n"
-          f"  API          {base}/api/v1/children/\n"
-          f"  API docs     {base}/api/docs/\n"
-          f"  Metrics      {base}/metrics        (Prometheus; dashboard: deploy/grafana/teddy-dashboard.json)\n"
-          + "".join(f"  Admin login  {name} / {secret}   ({group}: the compliance audit trail)\n"
-                    for name, group, secret in (login or {}).get("staff", []))
-          + (f"  Parent login {login['email']} / {login['password']}   (demo parent {login['parent_id']})\n"
-             f"  API token    {login['token']}   (send it as: Authorization: Token <token>)\n"
-             if login else "")
-          + f"  Logs         {logs}\n"
-          f"  Commands     set -a; . {shown(STACK_ENV)}; set +a; .venv/bin/python manage.py verify_integrity\n"
-          f"               (the stack's environment; removed when it stops)\n"
-          f"\n  Ctrl-C to stop\n{rule}\n", flush=True)
+    show(f"\n{rule}\n  Teddy event store is running\n{rule}")
+    show(f"  Admin        {base}/admin/\n"
+         f"  Health       {base}/health/        (now: {health[0] or health[1]})\n"
+         f"  Readiness    {base}/health/ready/  (now: {ready[0] or ready[1]})\n"
+         f"  Admin login  {username} / {password}   ({source})\n"
+         f"  API          {base}/api/v1/children/\n"
+         f"  API docs     {base}/api/docs/\n"
+         f"  Metrics      {base}/metrics        (Prometheus; dashboard: deploy/grafana/teddy-dashboard.json)\n"
+         + "".join(f"  Admin login  {name} / {secret}   ({group}: the compliance audit trail)\n"
+                   for name, group, secret in (login or {}).get("staff", []))
+         + (f"  Parent login {login['email']} / {login['password']}   (demo parent {login['parent_id']})\n"
+            f"  API token    {login['token']}   (send it as: Authorization: Token <token>)\n"
+            if login else "")
+         + f"  Logs         {logs}\n"
+         f"  Commands     set -a; . {shown(STACK_ENV)}; set +a; .venv/bin/python manage.py verify_integrity\n"
+         f"               (the stack's environment; removed when it stops)\n"
+         f"\n  Ctrl-C to stop\n{rule}\n")
 
 
 def check_ready(stack: Stack, base: str) -> bool:
