@@ -5,8 +5,10 @@ Run it with `bash bench/run [--quick] [--out PATH]` (see bench/README.md).
 One run does everything: it creates two scratch databases (one per system), starts an
 embedded Tansu broker for our store's Kafka publishing, starts one worker process per system
 and drives the scenarios alternately (ours, library, ours, library, ...), so that both
-sides see the same machine at nearly the same time. It then writes a markdown table of the
-results with ratios (ours / library), drops the databases and stops the broker.
+sides see the same machine at nearly the same time; the concurrent scenario starts writer
+processes of its own per side. It then drops the databases, stops the broker, runs the read
+side's benchmark (bench_read_side.py) in a process of its own, and writes a markdown table of
+the results with ratios (ours / library) and goals, and a chart (chart.py).
 """
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ import datetime as dt
 import json
 import os
 import platform
+import select
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
+
+from .workers import latency_summary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,56 +41,90 @@ def log(msg: str) -> None:
 
 @dataclass
 class Plan:
-    single: int
-    streams: int
-    per_stream: int
-    batch: int
-    load_events: int
-    loads: int
-    threads: int
-    duration: float
+    single: int  # 1: new streams, one event each
+    ten_streams: int  # 2: streams of 10-event saves ...
+    ten_saves: int  # ... and saves per stream
+    streams: int  # 3: streams of 500-event saves ...
+    per_stream: int  # ... events per stream ...
+    batch: int  # ... and events per save
+    processes: int  # 4: writer processes
+    duration: float  # ... seconds of appending
+    load_events: int  # 5: events of the loaded stream
+    loads: int  # ... timed loads
+    page: int  # 6: events per page of the log read
+    passes: int  # ... timed passes over the whole log
+    relay_events: int  # 7: the outbox backlog ...
+    relay_per_stream: int  # ... events per stream
 
 
-FULL = Plan(single=2000, streams=20, per_stream=5000, batch=500, load_events=1000, loads=50, threads=8, duration=5.0)
-QUICK = Plan(single=200, streams=2, per_stream=1000, batch=250, load_events=1000, loads=10, threads=8, duration=1.5)
+FULL = Plan(single=2000, ten_streams=200, ten_saves=10, streams=20, per_stream=5000, batch=500, processes=8,
+            duration=5.0, load_events=1000, loads=50, page=1000, passes=3, relay_events=50_000, relay_per_stream=50)
+QUICK = Plan(single=200, ten_streams=20, ten_saves=5, streams=2, per_stream=1000, batch=500, processes=8,
+             duration=1.5, load_events=1000, loads=10, page=1000, passes=1, relay_events=2000, relay_per_stream=50)
+TEN = 10  # events per save of scenario 2
+
+
+def chart_path(out: Path) -> Path:
+    """The chart beside the table, named after it in lower case (RESULTS.md -> results.png)."""
+    return out.with_name(out.stem.lower() + ".png")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bash bench/run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run of well under a minute")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny counts (and the read side's --smoke): a smoke run of about a minute")
     parser.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"),
                         help="markdown report to write (default: bench/RESULTS.md)")
+    parser.add_argument("--chart", help="PNG chart to write (default: beside --out, named after it in lower case: "
+                                        "bench/results.png)")
     parser.add_argument("--single", type=int, help="scenario 1: number of single-event streams (default 2000)")
-    parser.add_argument("--streams", type=int, help="scenario 2: streams (default 20)")
-    parser.add_argument("--per-stream", type=int, help="scenario 2: events per stream (default 5000)")
-    parser.add_argument("--batch", type=int, help="scenario 2: events per append (default 500)")
-    parser.add_argument("--loads", type=int,
-                        help="scenarios 3 and 3b: timed loads of each 1,000-event stream (default 50)")
-    parser.add_argument("--threads", type=int, help="scenario 4: concurrent appender threads (default 8)")
+    parser.add_argument("--ten-streams", type=int, help="scenario 2: streams of 10-event saves (default 200)")
+    parser.add_argument("--ten-saves", type=int, help="scenario 2: 10-event saves per stream (default 10)")
+    parser.add_argument("--streams", type=int, help="scenario 3: streams (default 20)")
+    parser.add_argument("--per-stream", type=int, help="scenario 3: events per stream (default 5000)")
+    parser.add_argument("--batch", type=int, help="scenario 3: events per save (default 500)")
+    parser.add_argument("--processes", type=int, help="scenario 4: concurrent writer processes (default 8)")
     parser.add_argument("--duration", type=float, help="scenario 4: seconds of concurrent appending (default 5)")
+    parser.add_argument("--loads", type=int,
+                        help="scenario 5: timed loads of each 1,000-event stream (default 50)")
+    parser.add_argument("--page", type=int, help="scenario 6: events per page of the log read (default 1000)")
+    parser.add_argument("--passes", type=int, help="scenario 6: timed passes over the whole log (default 3)")
+    parser.add_argument("--relay-events", type=int, help="scenario 7: events in the outbox backlog (default 50000)")
+    parser.add_argument("--relay-per-stream", type=int, help="scenario 7: backlog events per stream (default 50)")
+    parser.add_argument("--no-read-side", action="store_true",
+                        help="skip scenario 8 (the read side, bench/bench_read_side.py in a process of its own)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13",
+                        help="scenario 8: the Redis database of the read side's Celery worker "
+                             "(default redis://127.0.0.1:6379/13)")
+    parser.add_argument("--read-side-db", help="scenario 8: its scratch database (default <db>_read)")
     parser.add_argument("--only", choices=["ours", "library"], help="run one side only (no ratios)")
     parser.add_argument("--no-kafka", action="store_true",
                         help="diagnosis only: run OUR store with Kafka publishing off, to see what publishing costs "
-                             "(the report says so in its header)")
+                             "(the report says so in its header; no relay scenario)")
     parser.add_argument("--profile", metavar="DIR",
-                        help="run every scenario under cProfile and write profile-<side>-<scenario>.txt/.prof to DIR "
-                             "(slows both sides down: do not compare the numbers of a profiled run)")
+                        help="run every scenario of the two workers under cProfile and write "
+                             "profile-<side>-<scenario>.txt/.prof to DIR (not the writer processes of scenario 4; "
+                             "slows both sides down: do not compare the numbers of a profiled run)")
     parser.add_argument("--pg", default="postgres://postgres@localhost:5432",
                         help="PostgreSQL server URL without database (default postgres://postgres@localhost:5432)")
     parser.add_argument("--db", default="teddy_bench",
-                        help="name of our scratch database; the library's is <db>_es (default teddy_bench)")
+                        help="name of our scratch database; the library's is <db>_es, the read side's <db>_read "
+                             "(default teddy_bench)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch databases (for inspection)")
     parser.add_argument("--worker", choices=["ours", "library"], help=argparse.SUPPRESS)
+    parser.add_argument("--writer-process", choices=["ours", "library"], help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    for name in ("single", "streams", "per_stream", "batch", "loads", "threads", "duration"):
-        value = getattr(args, name)
+    plan = replace(QUICK if args.quick else FULL)
+    for name in plan.__dataclass_fields__:
+        value = getattr(args, name, None)
         if value is not None:
             if value <= 0:
                 parser.error(f"--{name.replace('_', '-')} must be positive")
             setattr(plan, name, value)
     args.plan = plan
+    args.read_side_db = args.read_side_db or f"{args.db}_read"
     return args
 
 
@@ -167,6 +206,88 @@ class WorkerProcess:
                 self.process.wait(10)
 
 
+def _read_answer(process: subprocess.Popen, timeout: float, what: str) -> dict:
+    """One JSON line from a writer process, or an error naming what it was doing."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else ""
+    if not line:
+        code = process.poll()
+        raise RuntimeError(f"writer process {process.pid} gave no answer {what} "
+                           f"({'exit code ' + str(code) if code is not None else f'nothing within {timeout:.0f}s'})")
+    answer = json.loads(line)
+    if "error" in answer:
+        raise RuntimeError(f"writer process {process.pid} failed {what}:\n{answer['error']}")
+    return answer
+
+
+def run_writer_processes(side: str, env: dict[str, str], processes: int, duration: float) -> dict:
+    """Scenario 4: `processes` OS processes, each with its own store or Application and its own
+    connection, appending single events to its own stream. All are started and warmed up
+    (connection, statements, Kafka producer) before any is released; then they are released
+    together and run for `duration` seconds. The span is from the first start to the last end
+    (for ours also to the last flush(): every event acknowledged by Kafka and recorded)."""
+    command = [sys.executable, "-m", "bench.bench_eventstore", "--writer-process", side, "--duration", str(duration)]
+    children = [subprocess.Popen(command + ["--index", str(i)], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, bufsize=1) for i in range(processes)]
+    try:
+        t0 = time.perf_counter()
+        for child in children:
+            _read_answer(child, 180, "while warming up")
+        log(f"bench:   {processes} {side} writer processes warmed up in {time.perf_counter() - t0:.1f}s; released")
+        for child in children:  # the release: every process waits on this line
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        answers = [_read_answer(child, duration + 300, "while appending") for child in children]
+    finally:
+        for child in children:
+            try:
+                child.stdin.close()
+                child.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                child.kill()
+                child.wait(10)
+    start, end = min(a["start"] for a in answers), max(a["end"] for a in answers)
+    flushed = max(a["flushed"] for a in answers)
+    latencies = [x / 1000 for a in answers for x in a.pop("latencies_ms")]
+    result = {"processes": processes, "count": sum(a["count"] for a in answers), "elapsed_s": end - start,
+              # The wait for Kafka after the last append, so that count / (elapsed + flush) is the rate
+              # until every process's flush() returned.
+              "flush_s": flushed - end if side == "ours" else None,
+              "client_cpu_s": sum(a["client_cpu_s"] for a in answers),
+              "per_process": [a["count"] for a in answers],
+              "start_spread_s": max(a["start"] for a in answers) - start,
+              "writer_peak_rss_kb": max(a["peak_rss_kb"] for a in answers),
+              **latency_summary(latencies)}
+    for key in ("record_s", "record_calls", "record_events", "unpublished"):
+        if all(key in a for a in answers):
+            result[key] = sum(a[key] for a in answers)
+    if result.get("unpublished"):
+        log(f"bench:   WARNING: {result['unpublished']} events of the {side} writers were left to the outbox relay")
+    log(f"bench:   {side}: {result['count']} appends in {result['elapsed_s']:.2f}s by {processes} processes")
+    return result
+
+
+def run_read_side(args: argparse.Namespace, env: dict[str, str]) -> dict:
+    """Scenario 8: bench/bench_read_side.py in a process of its own (its own scratch database,
+    broker, Celery worker and web server), with --smoke in a --quick run. Its summary (JSON)
+    goes into the table, its own report into a section of RESULTS.md."""
+    with tempfile.TemporaryDirectory(prefix="bench-read-side-") as scratch:
+        report, summary_path = Path(scratch) / "read-side.md", Path(scratch) / "read-side.json"
+        command = [sys.executable, "-m", "bench.bench_read_side", "--out", str(report), "--json", str(summary_path),
+                   "--pg", args.pg, "--db", args.read_side_db, "--redis", args.redis]
+        command += ["--smoke"] if args.quick else []
+        command += ["--keep"] if args.keep else []
+        log(f"bench: [8 read side] {shlex.join(command[1:])}")
+        t0 = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise RuntimeError(f"the read-side benchmark failed (exit code {done.returncode}; its output is above)")
+        result = json.loads(summary_path.read_text())
+        result["report"] = report.read_text()
+        result["wall_s"] = time.perf_counter() - t0
+        return result
+
+
 # --- the run -----------------------------------------------------------------------------
 
 def versions() -> dict[str, str]:
@@ -233,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
     broker = workers = None
     results: dict[str, dict] = {side: {} for side in sides}
     broker_cpu: dict[str, float] = {}
+    failures: list[str] = []
     try:
         log("bench: [setup] starting the Tansu broker")
         broker = start_tansu(log_path=broker_log)
@@ -262,35 +384,44 @@ def run(args: argparse.Namespace) -> int:
 
         order = {"flip": False}
 
-        def step(title: str, op: str, **params) -> None:
+        def step(title: str, key: str, op: str | None = None, only: list[str] | None = None,
+                 call=None, **params) -> None:
             # Alternate which side goes first, so a slow drift of the machine's load does not
             # always favour the same side.
             log(f"bench: [{title}]")
-            for side in (sides[::-1] if order["flip"] else sides):
+            these = [side for side in sides if side in (only or sides)]
+            for side in (these[::-1] if order["flip"] else these):
                 log(f"bench:   {side} ...")
                 cpu0 = proc_cpu_seconds(broker.process.pid)
                 t0 = time.perf_counter()
-                answer = workers[side].call(op, **params)
+                answer = call(side) if call else workers[side].call(op or key, **params)
                 answer["wall_s"] = time.perf_counter() - t0
                 cpu1 = proc_cpu_seconds(broker.process.pid)
                 if cpu0 is not None and cpu1 is not None:
                     answer["broker_cpu_s"] = cpu1 - cpu0
-                results[side][op] = answer
-                log(f"bench:   {side} done in {answer['wall_s']:.1f}s: {summary(op, answer)}")
+                results[side][key] = answer
+                log(f"bench:   {side} done in {answer['wall_s']:.1f}s: {summary(key, answer)}")
             order["flip"] = not order["flip"]
 
+        ten_events = plan.ten_saves * TEN
         step("setup: migrations, topics, connections, warm-up", "setup")
-        step(f"1/5 single-event aggregates: {plan.single} new streams, one event each, one thread",
-             "single", n=plan.single)
-        step(f"2/5 batched: {plan.streams} streams x {plan.per_stream} events in appends of {plan.batch}",
-             "batched", streams=plan.streams, per_stream=plan.per_stream, batch=plan.batch)
-        step(f"3/5 load a {plan.load_events}-event stream {plan.loads} times", "load",
+        step(f"1/9 single-event saves: {plan.single} new streams, one event each", "single", n=plan.single)
+        step(f"2/9 10-event saves: {plan.ten_streams} streams x {plan.ten_saves} saves", "ten", "batched",
+             streams=plan.ten_streams, per_stream=ten_events, batch=TEN, label="ten")
+        step(f"3/9 {plan.batch}-event saves: {plan.streams} streams x {plan.per_stream} events", "batch", "batched",
+             streams=plan.streams, per_stream=plan.per_stream, batch=plan.batch, label="batch")
+        step(f"4/9 {plan.processes} writer processes x {plan.duration:g}s of single-event saves, own streams",
+             "processes", call=lambda side: run_writer_processes(side, env, plan.processes, plan.duration))
+        step(f"5/9 load a {plan.load_events}-event stream {plan.loads} times", "load",
              events=plan.load_events, loads=plan.loads)
-        step(f"3b/5 load a {plan.load_events}-event aggregate through the repository {plan.loads} times, "
+        step(f"5b/9 load a {plan.load_events}-event aggregate through the repository {plan.loads} times, "
              "before and after a snapshot", "load_snapshot", events=plan.load_events, loads=plan.loads)
-        step(f"4/5 concurrent: {plan.threads} threads x {plan.duration:g}s of single-event appends", "concurrent",
-             threads=plan.threads, duration=plan.duration)
-        step("5/5 peak RSS", "finish")
+        step(f"6/9 read the whole log in global order, {plan.page} events per page, {plan.passes} passes",
+             "read_log", page=plan.page, passes=plan.passes)
+        if not args.no_kafka:
+            step(f"7/9 relay an outbox backlog of {plan.relay_events} events (ours only)", "relay",
+                 only=["ours"], events=plan.relay_events, per_stream=plan.relay_per_stream)
+        step("9/9 peak RSS", "finish")
         broker_cpu["peak_rss_kb"] = proc_status_kb(broker.process.pid, "VmHWM") or 0
     finally:
         if workers:
@@ -308,132 +439,287 @@ def run(args: argparse.Namespace) -> int:
                     drop_database(args.pg, name)
                 except Exception as exc:  # noqa: BLE001 - reported, the run's results still count
                     log(f"bench: could not drop {name}: {exc}")
-
     broker_log.unlink(missing_ok=True)  # kept only when the run failed
+
+    read_side = None
+    if args.no_read_side or args.only == "library":
+        log("bench: [8 read side] skipped")
+    else:
+        # After the event store's scenarios, on a machine they no longer use.
+        read_env = {key: value for key, value in os.environ.items()
+                    if not key.startswith(("KAFKA_", "DATABASE_URL", "REDIS_URL"))}
+        read_env["BENCH_COMMAND"] = f"{command_line()} (its read side)"
+        try:
+            read_side = run_read_side(args, read_env)
+        except Exception as exc:  # noqa: BLE001 - the table is written all the same, the run fails
+            failures.append(f"scenario 8 (read side): {exc}")
+            log(f"bench: {failures[-1]}")
+
     finished = dt.datetime.now(dt.timezone.utc)
-    report = render(args, plan, results, broker_cpu, pg_version, started, finished)
     out = Path(args.out)
+    chart = Path(args.chart) if args.chart else chart_path(out)
+    rows = build_rows(plan, results, broker_cpu, read_side)
     out.parent.mkdir(parents=True, exist_ok=True)
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    from .chart import draw
+
+    draw(rows, chart, title=f"Event store benchmark, {started:%Y-%m-%d %H:%M} UTC"
+                            + (" (--quick: smoke counts, not a measurement)" if args.quick else ""))
+    report = render(args, plan, rows, results, broker_cpu, read_side, pg_version, started, finished,
+                    os.path.relpath(chart, out.parent), failures)
     out.write_text(report)
     print(report)
-    log(f"bench: wrote {out} ({(finished - started).total_seconds():.0f}s in all)")
-    return 0
+    log(f"bench: wrote {out} and {chart} ({(finished - started).total_seconds():.0f}s in all)")
+    return 1 if failures else 0
 
 
-def summary(op: str, r: dict) -> str:
-    if op == "setup":
+def command_line() -> str:
+    return os.environ.get("BENCH_COMMAND") or "python -m bench.bench_eventstore " + shlex.join(sys.argv[1:])
+
+
+def summary(key: str, r: dict) -> str:
+    if key == "setup":
         return f"ready in {r['setup_s']:.1f}s"
-    if op == "single":
-        return f"{r['count'] / r['elapsed_s']:,.0f} appends/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
-    if op == "batched":
-        return f"{r['count'] / r['elapsed_s']:,.0f} events/s"
-    if op == "load":
+    if key in ("single", "processes"):
+        return f"{r['count'] / r['elapsed_s']:,.0f} events/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+    if key in ("ten", "batch"):
+        return (f"{r['count'] / r['elapsed_s']:,.0f} events/s, one save p50 {r['batch_p50_ms']:.2f} ms, "
+                f"p99 {r['batch_p99_ms']:.2f} ms")
+    if key == "load":
         return f"aggregate median {r['aggregate_p50_ms']:.1f} ms, raw median {r['raw_p50_ms']:.1f} ms"
-    if op == "load_snapshot":
+    if key == "load_snapshot":
         return (f"from the snapshot: median {r['snapshot_p50_ms']:.1f} ms, {r['snapshot_load_events_replayed']} "
                 f"events replayed; no snapshot: median {r['no_snapshot_p50_ms']:.1f} ms")
-    if op == "concurrent":
-        return f"{r['count'] / r['elapsed_s']:,.0f} appends/s"
-    if op == "finish":
+    if key == "read_log":
+        return f"{r['count']:,} events at {r['rate']:,.0f} events/s"
+    if key == "relay":
+        return f"{r['count']:,} events at {r['count'] / r['elapsed_s']:,.0f} events/s"
+    if key == "finish":
         unpublished = f", {r['unpublished_events']} without a Kafka position" if "unpublished_events" in r else ""
         return f"peak RSS {r['peak_rss_kb'] / 1024:.0f} MiB; {r.get('stored_events', '?')} events stored{unpublished}"
     return ""
 
 
-# --- the report ----------------------------------------------------------------------------
+# --- the rows, their goals, the report ----------------------------------------------------
 
-def render(args, plan: Plan, results: dict, broker: dict, pg_version: str, started, finished) -> str:
+@dataclass
+class Goal:
+    """What a row should show, judged on this run's numbers (reporting, not a test)."""
+
+    kind: str  # "ratio>=" / "ratio<=" / "ratio<" (ours / library) or "ours>=" (an absolute rate)
+    value: float
+
+    def text(self) -> str:
+        if self.kind == "ours>=":
+            return f"≥{self.value:,.0f}/s"
+        return f"{self.kind[5:].replace('>=', '≥').replace('<=', '≤')}{self.value:g}×"
+
+    def met(self, ours: float | None, lib: float | None) -> bool | None:
+        if self.kind == "ours>=":
+            return None if ours is None else ours >= self.value
+        if ours is None or not lib:
+            return None
+        ratio = ours / lib
+        return {"ratio>=": ratio >= self.value, "ratio<=": ratio <= self.value, "ratio<": ratio < self.value}[self.kind]
+
+
+@dataclass
+class Row:
+    name: str
+    ours: float | None
+    lib: float | None
+    unit: str = ""
+    better: str = "higher"
+    goal: Goal | None = None
+    charts: tuple[str, ...] = ()  # the chart's panels showing this row (bench/chart.py)
+    label: str = ""  # its short name in the chart
+
+    @property
+    def ratio(self) -> float | None:
+        return self.ours / self.lib if self.ours is not None and self.lib else None
+
+
+def build_rows(plan: Plan, results: dict, broker: dict, read_side: dict | None) -> list[Row]:
     ours, lib = results.get("ours", {}), results.get("library", {})
 
-    def get(side: dict, op: str, fn):
+    def get(side: dict, key: str, fn):
         try:
-            return fn(side[op])
+            return fn(side[key])
         except (KeyError, TypeError, ZeroDivisionError):
             return None
 
-    rows: list[tuple[str, float | None, float | None, str, str]] = []  # name, ours, lib, unit, better
+    rows: list[Row] = []
 
-    def row(name, op, fn_ours, fn_lib=None, unit="", better="higher"):
-        rows.append((name, get(ours, op, fn_ours), get(lib, op, fn_lib or fn_ours) if fn_lib is not False else None,
-                     unit, better))
+    def row(name, key, fn_ours, fn_lib=None, **options):
+        """fn_lib: the library's value (None: the same as ours; False: ours only)."""
+        rows.append(Row(name, get(ours, key, fn_ours),
+                        get(lib, key, fn_lib or fn_ours) if fn_lib is not False else None, **options))
 
-    def with_flush(r):
-        return r["count"] / (r["elapsed_s"] + r["flush_s"])
+    def until_recorded(r):
+        # Ours: until flush() returned (every event acknowledged by Kafka and its position
+        # recorded); the library publishes nowhere, so its saves alone.
+        return r["count"] / (r["elapsed_s"] + (r["flush_s"] or 0.0))
 
     rate = lambda r: r["count"] / r["elapsed_s"]  # noqa: E731
-    n = plan.single
-    row(f"1. single-event aggregates ({n:,} new streams): appends/s", "single", rate, unit="/s")
-    row("1. ... appends/s counting the wait for Kafka (ours: until flush() returned)", "single", with_flush, rate,
-        unit="/s")
-    row("1. ... latency p50", "single", lambda r: r["p50_ms"], unit="ms", better="lower")
-    row("1. ... latency p99", "single", lambda r: r["p99_ms"], unit="ms", better="lower")
-    row("1. ... flush() after the last append (ours only)", "single", lambda r: r["flush_s"] * 1000, False,
-        unit="ms", better="lower")
-    row("1. ... publisher thread busy recording Kafka positions, share of the append time (ours only)", "single",
-        lambda r: r["record_s"] / r["elapsed_s"] * 100, False, unit="%", better="lower")
-    row("1. ... client process CPU per append", "single", lambda r: r["client_cpu_s"] / r["count"] * 1e6, unit="µs",
-        better="lower")
-    row("1. ... broker CPU per append (ours only)", "single", lambda r: r["broker_cpu_s"] / r["count"] * 1e6, False,
-        unit="µs", better="lower")
-    row(f"2. batched ({plan.streams} streams x {plan.per_stream:,} events, {plan.batch}/append): events/s",
-        "batched", rate, unit="/s")
-    row("2. ... events/s counting the wait for Kafka (ours: until flush() returned)", "batched", with_flush, rate,
-        unit="/s")
-    row(f"2. ... one append of {plan.batch} events, p50", "batched", lambda r: r["batch_p50_ms"], unit="ms",
-        better="lower")
-    row("2. ... flush() after the last append (ours only)", "batched", lambda r: r["flush_s"] * 1000, False,
-        unit="ms", better="lower")
-    row("2. ... publisher thread busy recording Kafka positions, share of the append time (ours only)", "batched",
-        lambda r: r["record_s"] / r["elapsed_s"] * 100, False, unit="%", better="lower")
-    row("2. ... client process CPU per event", "batched", lambda r: r["client_cpu_s"] / r["count"] * 1e6, unit="µs",
-        better="lower")
-    row("2. ... broker CPU per event (ours only)", "batched", lambda r: r["broker_cpu_s"] / r["count"] * 1e6, False,
-        unit="µs", better="lower")
+    lower = {"better": "lower"}
+    twice = Goal("ratio>=", 2)
+
+    row(f"1. single-event saves ({plan.single:,} new streams): events/s until Kafka acknowledged and recorded "
+        "(ours: flush() returned)", "single", until_recorded, unit="/s", goal=twice, charts=("throughput",),
+        label="1. single-event saves")
+    row("1. ... events/s of the saves alone", "single", rate, unit="/s")
+    row("1. ... one save, p50", "single", lambda r: r["p50_ms"], unit="ms", **lower)
+    row("1. ... one save, p99", "single", lambda r: r["p99_ms"], unit="ms", goal=Goal("ratio<", 1),
+        charts=("latency",), label="1. single save p99", **lower)
+    row("1. ... flush() after the last save (ours only)", "single", lambda r: r["flush_s"] * 1000, False,
+        unit="ms", **lower)
+    row("1. ... publisher thread busy recording Kafka positions, share of the save time (ours only)", "single",
+        lambda r: r["record_s"] / r["elapsed_s"] * 100, False, unit="%", **lower)
+    row("1. ... client process CPU per event", "single", lambda r: r["client_cpu_s"] / r["count"] * 1e6, unit="µs",
+        **lower)
+    row("1. ... broker CPU per event (ours only)", "single", lambda r: r["broker_cpu_s"] / r["count"] * 1e6, False,
+        unit="µs", **lower)
+
+    for number, key, size, streams, per_stream in (
+            (2, "ten", TEN, plan.ten_streams, plan.ten_saves * TEN),
+            (3, "batch", plan.batch, plan.streams, plan.per_stream)):
+        saves = -(-per_stream // size)
+        row(f"{number}. {size}-event saves ({streams:,} streams x {saves:,} saves; the library: {size} events "
+            "triggered on the aggregate, one save): events/s until Kafka acknowledged and recorded", key,
+            until_recorded, unit="/s", goal=twice, charts=("throughput",), label=f"{number}. {size}-event saves")
+        row(f"{number}. ... events/s of the saves alone", key, rate, unit="/s")
+        row(f"{number}. ... one save of {size} events, p50", key, lambda r: r["batch_p50_ms"], unit="ms", **lower)
+        row(f"{number}. ... one save of {size} events, p99", key, lambda r: r["batch_p99_ms"], unit="ms",
+            charts=("latency",), label=f"{number}. {size}-event save p99", **lower)
+        row(f"{number}. ... publisher thread busy recording Kafka positions, share of the save time (ours only)",
+            key, lambda r: r["record_s"] / r["elapsed_s"] * 100, False, unit="%", **lower)
+        row(f"{number}. ... client process CPU per event", key, lambda r: r["client_cpu_s"] / r["count"] * 1e6,
+            unit="µs", **lower)
+        row(f"{number}. ... broker CPU per event (ours only)", key,
+            lambda r: r["broker_cpu_s"] / r["count"] * 1e6, False, unit="µs", **lower)
+
+    n = plan.processes
+    row(f"4. {n} writer processes x {plan.duration:g}s, single-event saves, own streams, one connection each: "
+        "total events/s until Kafka acknowledged and recorded (ours: every process's flush() returned)",
+        "processes", until_recorded, unit="/s", goal=Goal("ratio>=", 3), charts=("throughput",),
+        label=f"4. {n} writer processes")
+    row("4. ... events/s of the saves alone", "processes", rate, unit="/s")
+    row("4. ... one save, p50 (all processes)", "processes", lambda r: r["p50_ms"], unit="ms", **lower)
+    row("4. ... one save, p99 (all processes)", "processes", lambda r: r["p99_ms"], unit="ms", charts=("latency",),
+        label=f"4. {n} processes: save p99", **lower)
+    row("4. ... publisher threads busy recording Kafka positions, share of the time (ours only)", "processes",
+        lambda r: r["record_s"] / (r["elapsed_s"] * r["processes"]) * 100, False, unit="%", **lower)
+    row("4. ... client CPU per event (all writer processes)", "processes",
+        lambda r: r["client_cpu_s"] / r["count"] * 1e6, unit="µs", **lower)
+
     e = plan.load_events
-    row(f"3. load a {e:,}-event aggregate ({plan.loads} loads): median", "load", lambda r: r["aggregate_p50_ms"],
-        unit="ms", better="lower")
-    row("3. ... p90", "load", lambda r: r["aggregate_p90_ms"], unit="ms", better="lower")
-    row(f"3. raw load of the {e:,} stored events (no domain objects): median", "load", lambda r: r["raw_p50_ms"],
-        unit="ms", better="lower")
-    row("3. ... p90", "load", lambda r: r["raw_p90_ms"], unit="ms", better="lower")
-    row(f"3. load a {e:,}-event aggregate from a snapshot at version {e:,} ({plan.loads} loads, through the "
-        "repository): median", "load_snapshot", lambda r: r["snapshot_p50_ms"], unit="ms", better="lower")
-    row("3. ... p90", "load_snapshot", lambda r: r["snapshot_p90_ms"], unit="ms", better="lower")
-    row("3. ... events replayed after the snapshot", "load_snapshot", lambda r: r["snapshot_load_events_replayed"],
-        unit="events", better="lower")
-    row(f"3. ... the same {e:,}-event aggregate through the same repository before the snapshot was taken: "
-        "median", "load_snapshot", lambda r: r["no_snapshot_p50_ms"], unit="ms", better="lower")
-    row("3. ... p90", "load_snapshot", lambda r: r["no_snapshot_p90_ms"], unit="ms", better="lower")
-    row(f"4. concurrent: {plan.threads} threads x {plan.duration:g}s, own streams: total appends/s", "concurrent",
-        rate, unit="/s")
-    row("4. ... appends/s counting the wait for Kafka (ours: until flush() returned)", "concurrent", with_flush,
-        rate, unit="/s")
-    row("4. ... latency p50", "concurrent", lambda r: r["p50_ms"], unit="ms", better="lower")
-    row("4. ... latency p99", "concurrent", lambda r: r["p99_ms"], unit="ms", better="lower")
-    row("4. ... publisher thread busy recording Kafka positions, share of the time (ours only)", "concurrent",
-        lambda r: r["record_s"] / r["elapsed_s"] * 100, False, unit="%", better="lower")
-    row("5. peak RSS of the worker process (ru_maxrss)", "finish", lambda r: r["peak_rss_kb"] / 1024, unit="MiB",
-        better="lower")
-    row("5. ... RSS after setup (imports, connections, warm-up)", "setup", lambda r: r["rss_kb"] / 1024, unit="MiB",
-        better="lower")
+    row(f"5. load a {e:,}-event aggregate through the repository, no snapshot ({plan.loads} loads): median",
+        "load_snapshot", lambda r: r["no_snapshot_p50_ms"], unit="ms", goal=Goal("ratio<=", 0.25),
+        charts=("latency",), label="5. load, no snapshot", **lower)
+    row("5. ... p90", "load_snapshot", lambda r: r["no_snapshot_p90_ms"], unit="ms", **lower)
+    row(f"5. load a {e:,}-event aggregate from a snapshot at version {e:,} (the same repository): median",
+        "load_snapshot", lambda r: r["snapshot_p50_ms"], unit="ms", goal=Goal("ratio<=", 0.5), charts=("latency",),
+        label="5. load from a snapshot", **lower)
+    row("5. ... p90", "load_snapshot", lambda r: r["snapshot_p90_ms"], unit="ms", **lower)
+    row("5. ... events replayed after the snapshot", "load_snapshot", lambda r: r["snapshot_load_events_replayed"],
+        unit="events", **lower)
+    row(f"5. load a {e:,}-event aggregate, hand-rolled (ours: load_events_sync + deserialize + apply; the library: "
+        "repository.get): median", "load", lambda r: r["aggregate_p50_ms"], unit="ms", **lower)
+    row("5. ... p90", "load", lambda r: r["aggregate_p90_ms"], unit="ms", **lower)
+    row(f"5. raw load of the {e:,} stored events (no domain objects): median", "load", lambda r: r["raw_p50_ms"],
+        unit="ms", charts=("latency",), label="5. raw load", **lower)
+    row("5. ... p90", "load", lambda r: r["raw_p90_ms"], unit="ms", **lower)
+
+    log_count = get(ours, "read_log", lambda r: r["count"])
+    row(f"6. read the whole log in global order, {plan.page:,} events per page ({log_count or 0:,} events ours), "
+        f"median of {plan.passes} passes: events/s", "read_log", lambda r: r["rate"], unit="/s",
+        goal=Goal("ours>=", 160_000), charts=("throughput", "absolute"), label="6. log read")
+    row(f"6. ... one page of {plan.page:,} events, p50", "read_log", lambda r: r["page_p50_ms"], unit="ms", **lower)
+    row(f"6. ... one page of {plan.page:,} events, p99", "read_log", lambda r: r["page_p99_ms"], unit="ms", **lower)
+
+    row(f"7. relay an outbox backlog of {plan.relay_events:,} events ({plan.relay_per_stream} per stream, appended "
+        "with publishing off) to Kafka until recorded: events/s (ours only)", "relay", rate, False, unit="/s",
+        goal=Goal("ours>=", 50_000), charts=("absolute",), label="7. relay backlog")
+
+    rows.extend(read_side_rows(read_side))
+
+    row("9. peak RSS of the worker process (ru_maxrss) after scenario 6", "read_log",
+        lambda r: r["peak_rss_kb"] / 1024, unit="MiB", **lower)
+    row("9. ... RSS after setup (imports, connections, warm-up)", "setup", lambda r: r["rss_kb"] / 1024, unit="MiB",
+        **lower)
+    row("9. ... peak RSS of one writer process of scenario 4", "processes",
+        lambda r: r["writer_peak_rss_kb"] / 1024, unit="MiB", **lower)
+    row("9. ... peak RSS of the worker process after the relay (ours only)", "finish",
+        lambda r: r["peak_rss_kb"] / 1024, False, unit="MiB", **lower)
     if broker.get("peak_rss_kb"):
-        rows.append(("5. ... Tansu broker peak RSS (VmHWM; ours only)", broker["peak_rss_kb"] / 1024, None, "MiB",
-                     "lower"))
+        rows.append(Row("9. ... Tansu broker peak RSS (VmHWM; ours only)", broker["peak_rss_kb"] / 1024, None, "MiB",
+                        "lower"))
+    return rows
 
-    def fmt(value: float | None, unit: str) -> str:
-        if value is None:
-            return "–"
-        if unit == "events":
-            return f"{value:,.0f}"
-        digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
-        text = f"{value:,.{digits}f}"
-        return f"{text}{unit}" if unit in ("/s", "%") else f"{text} {unit}".strip()
 
+def read_side_rows(r: dict | None) -> list[Row]:
+    """Scenario 8's rows (ours only), from bench_read_side.py's summary (None: not run)."""
+    if r is None:
+        return []
+
+    def value(*keys):
+        try:
+            out = r
+            for key in keys:
+                out = out[key]
+            return out
+        except (KeyError, TypeError):
+            return None
+
+    plan = value("plan") or {}
+    slowest = value("catchup", "slowest") or {}
+    lag = f"{plan.get('writers', '?')} writer processes x {plan.get('rate', 0):g} saves/s"
+    lower = {"better": "lower"}
+    return [
+        Row(f"8. projection catch-up from zero ({value('seed', 'events') or 0:,} events), every projector one after "
+            "the other from Kafka offset 0, read-model writes included: events/s (ours only)",
+            value("catchup", "kafka_rate"), None, "/s", goal=Goal("ours>=", 30_000), charts=("absolute",),
+            label="8. projection catch-up"),
+        Row(f"8. ... the slowest projector ({slowest.get('name', '?')}) from Kafka offset 0", slowest.get("rate"),
+            None, "/s"),
+        Row("8. ... every projector from the mirror", value("catchup", "mirror_rate"), None, "/s"),
+        Row(f"8. lag commit -> read model, {lag}, probe on its own stream: p50 (ours only)",
+            value("lag", "p50_ms"), None, "ms", charts=("read_side",), label="8. lag p50", **lower),
+        Row("8. ... p99", value("lag", "p99_ms"), None, "ms", charts=("read_side",), label="8. lag p99", **lower),
+        Row("8. ... two processes taking turns on one stream: p50", value("lag_one_stream", "p50_ms"), None, "ms",
+            **lower),
+        Row("8. ... two processes taking turns on one stream: p99", value("lag_one_stream", "p99_ms"), None, "ms",
+            **lower),
+        Row(f"8. API reads (5 endpoints), {value('api', 'clients') or 16} concurrent clients, gunicorn: p50 "
+            "(ours only)", value("api", "p50_ms"), None, "ms", charts=("read_side",), label="8. API p50", **lower),
+        Row("8. ... p99", value("api", "p99_ms"), None, "ms", charts=("read_side",), label="8. API p99", **lower),
+        Row("8. ... requests/s", value("api", "rate"), None, "/s"),
+        Row("8. ... errors", value("api", "errors"), None, "events", **lower),
+    ]
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "–"
+    if unit == "events":
+        return f"{value:,.0f}"
+    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+    text = f"{value:,.{digits}f}"
+    return f"{text}{unit}" if unit in ("/s", "%") else f"{text} {unit}".strip()
+
+
+def render(args, plan: Plan, rows: list[Row], results: dict, broker: dict, read_side: dict | None,
+           pg_version: str, started, finished, chart: str, failures: list[str]) -> str:
+    lib = results.get("library", {})
+    judged = [(row, row.goal.met(row.ours, row.lib)) for row in rows if row.goal]
+    met = sum(1 for _, ok in judged if ok)
     lines = [
         "# Event store benchmark: ours vs the eventsourcing library",
         "",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC ({(finished - started).total_seconds():.0f} s)",
-        f"- command: `{os.environ.get('BENCH_COMMAND') or 'python -m bench.bench_eventstore ' + shlex.join(sys.argv[1:])}`",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC ({(finished - started).total_seconds():.0f} s"
+        + (f", of which the read side {read_side['wall_s']:.0f} s" if read_side else "") + ")",
+        f"- command: `{command_line()}`" + (" (**--quick: smoke counts, the numbers mean little**)"
+                                            if args.quick else ""),
     ]
     m = machine()
     lines += [
@@ -443,36 +729,64 @@ def render(args, plan: Plan, results: dict, broker: dict, pg_version: str, start
         "database each)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         "- ours: `build_event_store(kafka_settings=...)`, PostgresRecorder (one `eventstore_append()` call per "
-        "append), " + ("**Kafka publishing OFF (--no-kafka diagnosis run: not the configuration to compare)**"
-                       if args.no_kafka else
-                       "Kafka publishing ON to an embedded Tansu broker (12 partitions, lz4, acks=all, idempotent)"),
+        "save), " + ("**Kafka publishing OFF (--no-kafka diagnosis run: not the configuration to compare)**"
+                     if args.no_kafka else
+                     "Kafka publishing ON to an embedded Tansu broker (12 partitions, lz4, acks=all, idempotent)"),
         "- library: `eventsourcing` Application + Aggregate (@event), `PERSISTENCE_MODULE=eventsourcing.postgres` "
         f"({lib.get('setup', {}).get('info', {}).get('recorder', 'PostgresApplicationRecorder')}), default settings "
         "(no snapshots, no aggregate cache); it does not publish anywhere",
-        "- snapshot rows (3, \"from a snapshot\"): ours = `EventSourcingRepositoryImpl(cache=False).load_sync` with a "
-        "`SnapshotStore` snapshot (`save_snapshot_sync`, state's text encrypted, published to Kafka); library = "
-        "`repository.get` of an Application with `is_snapshotting_enabled = True` after `take_snapshot`; same "
-        "repository before the snapshot for the no-snapshot row",
+        f"- scenario 4: {plan.processes} OS processes per side, started and warmed up before being released "
+        "together; ours: each its own `build_event_store(...)` with Kafka publishing; the library: each its own "
+        "Application on the same tables (the library takes a table lock per save)",
+        "- scenario 5: ours = `EventSourcingRepositoryImpl(cache=False).load_sync` with a `SnapshotStore` snapshot "
+        "(`save_snapshot_sync`, state's text encrypted, published to Kafka); library = `repository.get` of an "
+        "Application with `is_snapshotting_enabled = True` after `take_snapshot`",
+        "- scenario 6: ours = `recorder.stored_events(<events after a position, by position>[:page])` (each page "
+        "with its subjects' key rows); library = `recorder.select_notifications(start, page)` of both its "
+        "applications",
+        "- scenario 7: `relay_outbox(store, grace_seconds=0)` (eventsourcing_app/operations/relay.py); "
+        "scenario 8: `bench/bench_read_side.py" + (" --smoke" if args.quick else "") + "` in a process of its own",
         "- event: one int and a 100-character string; ours additionally stores metadata, a content digest and a "
-        "chain hash per event, and records each event's Kafka position after the acknowledgement",
+        "chain hash per event, encrypts the string with its data subject's key, and records each event's Kafka "
+        "position after the acknowledgement",
+        "",
+    ]
+    if failures:
+        lines += ["**The run was incomplete:** " + "; ".join(failures), ""]
+    if read_side is None and not failures:
+        lines += ["Scenario 8 (the read side) was not run (--no-read-side or --only library).", ""]
+    lines += [
+        f"Goals met in this run: **{met} of {len(judged)}** (the goal column; computed from this run's ratios, "
+        "on a shared machine: see bench/README.md).",
+        "",
+        f"![ours / library ratios and our own rates against their goals]({chart})",
         "",
         "Ratio = ours / library. For rows marked ↑ a ratio above 1 means ours is better; for ↓ rows, below 1.",
         "",
-        "| scenario | ours | eventsourcing library | ratio |",
-        "| --- | ---: | ---: | ---: |",
+        "| scenario | ours | eventsourcing library | ratio | goal |",
+        "| --- | ---: | ---: | ---: | --- |",
     ]
-    for name, o, l, unit, better in rows:
-        arrow = "↑" if better == "higher" else "↓"
-        if o is not None and l:
-            ratio = o / l
-            good = ratio >= 1 if better == "higher" else ratio <= 1
-            ratio_text = f"{ratio:.2f}× ({'ours better' if good else 'library better'})"
+    for row in rows:
+        arrow = "↑" if row.better == "higher" else "↓"
+        if row.ratio is not None:
+            good = row.ratio >= 1 if row.better == "higher" else row.ratio <= 1
+            ratio_text = f"{row.ratio:.2f}× ({'ours better' if good else 'library better'})"
         else:
             ratio_text = "–"
-        lines.append(f"| {name} {arrow} | {fmt(o, unit)} | {fmt(l, unit)} | {ratio_text} |")
+        goal = ""
+        if row.goal:
+            ok = row.goal.met(row.ours, row.lib)
+            goal = f"{'–' if ok is None else 'met' if ok else 'not met'} ({row.goal.text()})"
+        lines.append(f"| {row.name} {arrow} | {fmt(row.ours, row.unit)} | {fmt(row.lib, row.unit)} | "
+                     f"{ratio_text} | {goal} |")
+    if read_side:
+        lines += ["", "## Scenario 8 in detail (bench/bench_read_side.py)", ""]
+        body = read_side["report"].split("\n", 1)[1] if read_side["report"].startswith("# ") else read_side["report"]
+        lines += [("#" + line if line.startswith("## ") else line) for line in body.strip().splitlines()]
+    raw = {"plan": plan.__dict__, "results": results, "broker": broker,
+           "read_side": {k: v for k, v in (read_side or {}).items() if k != "report"}}
     lines += ["", "Raw numbers (seconds unless named otherwise):", "", "```json",
-              json.dumps({"plan": plan.__dict__, "results": results, "broker": broker}, indent=1, default=str),
-              "```", ""]
+              json.dumps(raw, indent=1, default=str), "```", ""]
     return "\n".join(lines)
 
 
@@ -482,6 +796,11 @@ def main(argv: list[str] | None = None) -> int:
         from .workers import serve
 
         serve(args.worker)
+        return 0
+    if args.writer_process:
+        from .workers import serve_writer
+
+        serve_writer(args.writer_process, args.index, args.plan.duration)
         return 0
     return run(args)
 

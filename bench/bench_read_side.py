@@ -14,6 +14,9 @@ Run it with `bash bench/run-read-side [--quick]` (bench/README.md). One run:
    was appended by the other process);
 4. API: gunicorn (4 workers) serves the API; 16 concurrent clients (4 processes x 4 threads)
    read the main endpoints with a parent's token for a fixed time: p50/p99 per endpoint.
+
+`bash bench/run` runs it too (scenario 8 of its table), with `--json` for the numbers it
+folds into its own table and `--smoke` in its --quick run.
 """
 from __future__ import annotations
 
@@ -127,15 +130,15 @@ def step_catchup() -> dict:
     return out
 
 
-def step_writer(worker: int, rate: float, seconds: float) -> dict:
-    """Appends messages to its own open conversation at a steady rate."""
+def step_writer(worker: int, rate: float, seconds: float, child_id: str) -> dict:
+    """Appends messages to its own open conversation (of `child_id`) at a steady rate."""
     _django()
     from eventsourcing_app.application import Actor
     from eventsourcing_app.application.conversations import record_message, start_conversation
 
     actor = Actor.system(f"bench-writer-{worker}")
     conversation_id = f"load-{worker}-{os.getpid()}"
-    start_conversation(actor=actor, conversation_id=conversation_id, child_id=f"bench-{worker}-0")
+    start_conversation(actor=actor, conversation_id=conversation_id, child_id=child_id)
     deadline, period, sent = time.monotonic() + seconds, 1.0 / rate, 0
     next_at = time.monotonic()
     while time.monotonic() < deadline:
@@ -265,9 +268,14 @@ def orchestrate(args) -> int:
     from devtools.embedded import start_tansu
 
     quick = args.quick
-    families = args.families or (20 if quick else 250)
-    plan = {"families": families, "conversations": 4 if quick else 6, "messages": 10 if quick else 16,
-            "lag_seconds": 5 if quick else 20, "writers": 4, "rate": 20.0, "api_seconds": 5 if quick else 15}
+    if args.smoke:  # every scenario, as small as still gives a number (a test runs it)
+        families = args.families or 2  # the pair of probes takes turns on bench-1-0
+        plan = {"families": families, "conversations": 2, "messages": 4, "lag_seconds": 1.5, "writers": 4,
+                "rate": 20.0, "api_seconds": 1.5}
+    else:
+        families = args.families or (20 if quick else 250)
+        plan = {"families": families, "conversations": 4 if quick else 6, "messages": 10 if quick else 16,
+                "lag_seconds": 5 if quick else 20, "writers": 4, "rate": 20.0, "api_seconds": 5 if quick else 15}
     admin = psycopg.connect(f"{args.pg}/postgres", autocommit=True)
     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.db)))
     admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.db)))
@@ -297,8 +305,9 @@ def orchestrate(args) -> int:
         children.append(worker)
         _wait_caught_up(env)
         log(f"bench: lag under load ({plan['writers']} writers x {plan['rate']:.0f} appends/s) ...")
-        writers = [_spawn_step(env, "writer", str(n), str(plan["rate"]), str(plan["lag_seconds"] + 2))
-                   for n in range(plan["writers"])]
+        # Each writer its own family's child while there are enough (a smoke run seeds fewer).
+        writers = [_spawn_step(env, "writer", str(n), str(plan["rate"]), str(plan["lag_seconds"] + 2),
+                               f"bench-{n % families}-0") for n in range(plan["writers"])]
         time.sleep(1)
         probe = _collect(_spawn_step(env, "probe", seed["child_id"], str(plan["lag_seconds"]), "0.02", "-", "1"))
         sent = sum(_collect(w)["sent"] for w in writers)
@@ -334,6 +343,7 @@ def orchestrate(args) -> int:
                 merged.setdefault(name, []).extend(values)
         results["api"] = {"latencies": merged, "errors": errors, "seconds": plan["api_seconds"]}
     finally:
+        log("bench: stopping the web server, the worker and the broker; dropping the database ...")
         for child in reversed(children):
             child.send_signal(signal.SIGTERM)
             try:
@@ -345,12 +355,45 @@ def orchestrate(args) -> int:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.db)))
     report = render(results, started, args)
     Path(args.out).write_text(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summarize(results), indent=1))
     print(report)
     return 0
 
 
+def summarize(results: dict) -> dict:
+    """The key numbers, for bench/run's table (bench_eventstore.py)."""
+    ms = lambda values, share: percentile(values, share) * 1000 if values else None  # noqa: E731
+    catchup = results["catchup"]
+    kafka_events = sum(r["kafka_events"] for r in catchup.values())
+    mirror_events = sum(r["mirror_events"] for r in catchup.values())
+    # The slowest of the projectors that replay most of the log (one that reads a few hundred
+    # events is timed mostly on its start-up).
+    big = [(name, r) for name, r in catchup.items() if r["kafka_events"] >= 0.1 * max(1, kafka_events / len(catchup))]
+    name, slow = min(big, key=lambda item: item[1]["kafka_events"] / item[1]["kafka_seconds"])
+    lag, pair, api = results["lag"]["lags"], results["lag_one_stream"]["lags"], results["api"]
+    everything = [v for values in api["latencies"].values() for v in values]
+    seed = {k: v for k, v in results["seed"].items() if k != "token"}
+    return {
+        "plan": results["plan"], "seed": seed,
+        "catchup": {"kafka_events": kafka_events,
+                    "kafka_rate": kafka_events / sum(r["kafka_seconds"] for r in catchup.values()),
+                    "mirror_events": mirror_events,
+                    "mirror_rate": mirror_events / sum(r["mirror_seconds"] for r in catchup.values()),
+                    "slowest": {"name": name, "rate": slow["kafka_events"] / slow["kafka_seconds"]},
+                    "projectors": catchup},
+        "lag": {"samples": len(lag), "p50_ms": ms(lag, .5), "p99_ms": ms(lag, .99),
+                "max_ms": max(lag) * 1000 if lag else None,
+                "background_appends": results["lag"]["background_appends"]},
+        "lag_one_stream": {"samples": len(pair), "p50_ms": ms(pair, .5), "p99_ms": ms(pair, .99)},
+        "api": {"clients": 16, "requests": len(everything), "rate": len(everything) / api["seconds"],
+                "p50_ms": ms(everything, .5), "p99_ms": ms(everything, .99), "errors": api["errors"]},
+    }
+
+
 def render(results: dict, started, args) -> str:
-    ms = lambda seconds: f"{seconds * 1000:.1f} ms"  # noqa: E731
+    # NaN (no sample: a smoke run's probe may get none) is shown as a dash.
+    ms = lambda seconds: "–" if seconds != seconds else f"{seconds * 1000:.1f} ms"  # noqa: E731
     seed, plan = results["seed"], results["plan"]
     lines = [
         "# Read-side benchmark results", "",
@@ -375,9 +418,9 @@ def render(results: dict, started, args) -> str:
         "| load | samples | p50 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |",
         f"| {plan['writers']} writer processes x {plan['rate']:.0f} appends/s "
         f"({results['lag']['background_appends']:,} appends), probe on its own stream | {len(lag)} | "
-        f"{ms(percentile(lag, .5))} | {ms(percentile(lag, .99))} | {ms(max(lag))} |",
+        f"{ms(percentile(lag, .5))} | {ms(percentile(lag, .99))} | {ms(max(lag, default=float('nan')))} |",
         f"| two processes taking turns on one stream (each append's predecessor is the other's) | {len(pair)} | "
-        f"{ms(percentile(pair, .5))} | {ms(percentile(pair, .99))} | {ms(max(pair))} |",
+        f"{ms(percentile(pair, .5))} | {ms(percentile(pair, .99))} | {ms(max(pair, default=float('nan')))} |",
         "", "## 3. API reads, 16 concurrent clients (4 processes x 4 threads, on the same 2 CPUs), gunicorn with "
         "4 sync workers", "",
         "| endpoint | requests | req/s | p50 | p99 |", "| --- | ---: | ---: | ---: | ---: |",
@@ -402,7 +445,7 @@ def main(argv=None) -> int:
         elif name == "catchup":
             out = step_catchup()
         elif name == "writer":
-            out = step_writer(int(rest[0]), float(rest[1]), float(rest[2]))
+            out = step_writer(int(rest[0]), float(rest[1]), float(rest[2]), rest[3])
         elif name == "probe":
             turn = None if rest[3] == "-" else int(rest[3])
             out = step_probe(rest[0], float(rest[1]), float(rest[2]), turn, int(rest[4]))
@@ -415,12 +458,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bash bench/run-read-side", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts, about a minute")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny counts (2 families, 1.5 s of lag and of API load): checks that every scenario "
+                             "runs, in about half a minute; the numbers mean little")
     parser.add_argument("--families", type=int, help="families to seed (default 250; --quick 20)")
     parser.add_argument("--out", default=str(REPO / "bench" / "READ_SIDE_RESULTS.md"))
     parser.add_argument("--pg", default="postgres://postgres@localhost:5432")
     parser.add_argument("--db", default="teddy_bench_read")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--json", help="also write the key numbers as JSON to this path (bench/run reads them)")
     return orchestrate(parser.parse_args(argv))
 
 

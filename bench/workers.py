@@ -17,6 +17,11 @@ The snapshot scenario (op `load_snapshot`) loads through each side's repository:
 `EventSourcingRepositoryImpl(BenchAggregate, event_store=<the benchmark's store>,
 snapshot_store=SnapshotStore(...), cache=False)`, the library `app.repository.get(id)` of an
 Application with `is_snapshotting_enabled = True`, snapshot taken with `app.take_snapshot(id)`.
+
+The concurrent-writers scenario does not run in these workers: the orchestrator starts one
+writer process per writer (`python -m bench.bench_eventstore --writer-process ours|library
+--index I --duration S`, `serve_writer` below), each with its own store or Application and its
+own connection, waits until every one is warmed up and releases them together.
 """
 from __future__ import annotations
 
@@ -28,10 +33,9 @@ import pstats
 import resource
 import statistics
 import sys
-import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 TEXT = "x" * 100  # the string field of every benchmark event (same for both sides)
 
@@ -112,6 +116,12 @@ class System:
     def take_snapshot(self, handle: Any) -> int: ...
     def replay_report(self, handle: Any) -> dict: ...
     def concurrent_writer(self, index: int) -> tuple[Callable[[], None], Callable[[], None]]: ...
+    # A writer process of the concurrent scenario: only what one writer needs (no migrations).
+    def setup_writer(self) -> None: ...
+    def unpublished(self, index: int) -> int: return 0  # events of a writer's stream left to the relay
+    # The whole log in its global order, one page at a time: yields each page's event count.
+    def log_pages(self, page: int) -> Iterator[int]: ...
+    def stored_count(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -130,15 +140,62 @@ class Ours(System):
 
         from django.conf import settings
 
-        from eventsourcing_app.domain import DomainEvent, EventSourcedAggregate
-        from eventsourcing_app.eventstore import (
-            EventSourcingRepositoryImpl,
-            SnapshotStore,
-            build_event_store,
-            deserialize_event,
-        )
-        from eventsourcing_app.kafka.config import KafkaSettings
+        from eventsourcing_app.eventstore import EventSourcingRepositoryImpl, SnapshotStore
         from eventsourcing_app.kafka.topics import provision_topics
+
+        self._define_types()
+        for report in provision_topics(self.kafka):
+            log(f"    topic {report}")
+        self._build_store()
+        BenchEvent, BenchAggregate = self.BenchEvent, self.BenchAggregate
+        publish = self.store.publisher is not None
+        # The snapshot scenario goes through the product's repository and snapshot store, built
+        # on the benchmark's own store (not get_event_store(): that would be a second store with
+        # its own producer, publishing even in a --no-kafka run), configured as
+        # get_snapshot_store() configures it; snapshots are published to the Tansu broker too.
+        config = settings.EVENTSTORE
+        self.snapshots = SnapshotStore(
+            frequencies=config["SNAPSHOT_FREQUENCIES"], default_frequency=config["SNAPSHOT_FREQUENCY"],
+            keep=config["SNAPSHOTS_KEPT"], publisher=self.store.publisher, kafka_settings=self.kafka)
+        self.repository = EventSourcingRepositoryImpl(BenchAggregate, event_store=self.store,
+                                                      snapshot_store=self.snapshots, cache=False)
+        # Warm up: connection, producer start-up (first publish connects), code paths.
+        for i in range(30):
+            self.store.append_events_sync(f"bench.warmup-{i}", [BenchEvent(subject=f"warmup-{i}", n=i, text=TEXT)],
+                                          expected_version=0)
+        self.flush()
+        self._await_producer()
+        from django.db import connection
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            server_version = cursor.fetchone()[0]
+        return {"server_version": server_version, "publish": publish}
+
+    def setup_writer(self) -> None:
+        import django
+
+        django.setup()
+        self._define_types()
+        self._build_store()
+        name = f"writer-warmup-{os.getpid()}"
+        self.store.append_events_sync(f"bench.{name}", [self.BenchEvent(subject=name, n=0, text=TEXT)],
+                                      expected_version=0)
+        self.flush()
+        self._await_producer()
+
+    def _await_producer(self) -> None:
+        """The producer connected. An append waits for the process's first connection only
+        FIRST_CONNECT_WAIT_SECONDS (2 s) and then leaves its events to the outbox relay, and so
+        every later event of that stream: on a loaded machine a process's first connection
+        can take longer, so the measured streams start only once it is there."""
+        if self.store.publisher is not None and not self.store.publisher.ensure_connected(timeout=60):
+            raise RuntimeError(f"the Kafka producer did not connect: {self.store.publisher.last_error}")
+
+    def _define_types(self) -> None:
+        """The benchmark's event and aggregate classes, and our Kafka settings."""
+        from eventsourcing_app.domain import DomainEvent, EventSourcedAggregate
+        from eventsourcing_app.eventstore import deserialize_event
+        from eventsourcing_app.kafka.config import KafkaSettings
 
         # Defined here: the event registry is global, and only this worker needs the class.
         from dataclasses import dataclass
@@ -182,8 +239,10 @@ class Ours(System):
         self.BenchEvent, self.BenchAggregate, self.deserialize = BenchEvent, BenchAggregate, deserialize_event
         self.kafka = KafkaSettings(bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"], topic_prefix="bench-",
                                    partitions=12, stream_types=("bench",))
-        for report in provision_topics(self.kafka):
-            log(f"    topic {report}")
+
+    def _build_store(self) -> None:
+        from eventsourcing_app.eventstore import build_event_store
+
         publish = os.environ.get("BENCH_OURS_PUBLISH", "1") == "1"  # 0 only for the --no-kafka diagnosis
         self.store = build_event_store(kafka_settings=self.kafka, publish=publish)
         if publish:
@@ -193,26 +252,6 @@ class Ours(System):
         else:
             self._recording = {}
             log("    Kafka publishing is OFF for this run (--no-kafka)")
-        # The snapshot scenario goes through the product's repository and snapshot store, built
-        # on the benchmark's own store (not get_event_store(): that would be a second store with
-        # its own producer, publishing even in a --no-kafka run), configured as
-        # get_snapshot_store() configures it; snapshots are published to the Tansu broker too.
-        config = settings.EVENTSTORE
-        self.snapshots = SnapshotStore(
-            frequencies=config["SNAPSHOT_FREQUENCIES"], default_frequency=config["SNAPSHOT_FREQUENCY"],
-            keep=config["SNAPSHOTS_KEPT"], publisher=self.store.publisher, kafka_settings=self.kafka)
-        self.repository = EventSourcingRepositoryImpl(BenchAggregate, event_store=self.store,
-                                                      snapshot_store=self.snapshots, cache=False)
-        # Warm up: connection, producer start-up (first publish connects), code paths.
-        for i in range(30):
-            self.store.append_events_sync(f"bench.warmup-{i}", [BenchEvent(subject=f"warmup-{i}", n=i, text=TEXT)],
-                                          expected_version=0)
-        self.flush()
-        from django.db import connection
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW server_version")
-            server_version = cursor.fetchone()[0]
-        return {"server_version": server_version}
 
     def _instrument_publication_recording(self) -> None:
         """Counts the publisher thread's `record_publications` calls (how often, how many events,
@@ -239,8 +278,8 @@ class Ours(System):
         self.store.append_events_sync(f"bench.single-{i}", [self.BenchEvent(subject=f"single-{i}", n=i, text=TEXT)],
                                       expected_version=0)
 
-    def new_batched_stream(self, i: int) -> Any:
-        return [f"bench.batch-{i}", 0]
+    def new_batched_stream(self, i: int, label: str = "batch") -> Any:
+        return [f"bench.{label}-{i}", 0]
 
     def append_batch(self, handle: Any, first_n: int, count: int) -> Any:
         stream_id, version = handle
@@ -305,6 +344,70 @@ class Ours(System):
 
         return append, connections.close_all  # Django connections are per thread
 
+    def log_pages(self, page: int) -> Iterator[int]:
+        # The recorder has no method that reads the log by global position; stored_events()
+        # takes any Event queryset (in its order) and adds each event's key row, as a reader
+        # that decrypts needs. Keyset pages on the primary key.
+        from eventsourcing_app.models import Event
+
+        after = 0
+        while True:
+            events = self.store.recorder.stored_events(
+                Event.objects.filter(position__gt=after).order_by("position")[:page])
+            if events:
+                after = events[-1].metadata.global_position
+                yield len(events)
+            if len(events) < page:
+                return
+
+    def stored_count(self) -> int:
+        return self.final_check()["stored_events"]
+
+    def relay_backlog(self, events: int, per_stream: int) -> dict:
+        """Appends `events` events with publishing off (a store without a publisher, as while
+        Kafka is unreachable), then times the outbox relay publishing all of them through this
+        worker's publishing store until every Kafka position is recorded."""
+        from eventsourcing_app.eventstore import build_event_store
+        from eventsourcing_app.operations.relay import relay_outbox
+
+        if self.store.publisher is None:
+            raise RuntimeError("the relay scenario needs Kafka publishing (not in a --no-kafka run)")
+        leftover = self.store.recorder.outbox_backlog(["bench"])
+        if leftover:  # e.g. warm-up events of a process whose first connection took long
+            log(f"    [ours] WARNING: {leftover} events of earlier scenarios were left to the relay; "
+                f"relayed first, untimed: {relay_outbox(self.store, grace_seconds=0.0, stream_types=['bench'])}")
+        quiet = build_event_store(kafka_settings=self.kafka, publish=False)
+        streams = -(-events // per_stream)
+        progress = Progress("[ours] backlog appends (publishing off)", events, " events")
+        done = 0
+        for s in range(streams):
+            count = min(per_stream, events - done)
+            quiet.append_events_sync(f"bench.backlog-{s}", [
+                self.BenchEvent(subject=f"backlog-{s}", n=k, text=TEXT) for k in range(count)], expected_version=0)
+            done += count
+            progress.tick(done)
+        backlog = self.store.recorder.outbox_backlog(["bench"])
+        if backlog != events:
+            raise RuntimeError(f"the outbox holds {backlog} events, expected {events}")
+        log(f"    [ours] relaying {backlog} events of {streams} streams")
+        cpu0 = cpu_seconds()
+        t0 = time.perf_counter()
+        report = relay_outbox(self.store, grace_seconds=0.0, stream_types=["bench"], flush_timeout=120.0)
+        elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
+        if report.skipped or report.published != events or report.remaining:
+            raise RuntimeError(f"the relay did not publish the backlog: {report}")
+        return {"count": report.published, "streams": report.streams, "elapsed_s": elapsed, "relay_cpu_s": cpu,
+                "relay_report": str(report)}
+
+    def unpublished(self, index: int) -> int:
+        """Events of writer `index`'s stream that Kafka has not acknowledged (left to the relay)."""
+        stream_id = f"bench.conc-{index}"
+        if self.store.publisher is None:
+            return 0
+        published = self.store.recorder.published_versions([stream_id]).get(stream_id, 0)
+        return self.store.recorder.stream_version(stream_id) - published
+
     def final_check(self) -> dict:
         from django.db import connection
 
@@ -327,6 +430,37 @@ class Library(System):
     name = "library"
 
     def setup(self) -> dict:
+        self._define_types()
+        BenchAggregate, BenchApplication = self.BenchAggregate, self.BenchApplication
+
+        class BenchSnapshottingApplication(BenchApplication):
+            # The snapshot scenario only: the library's documented switch (a snapshot store in
+            # its own table, used by repository.get). Its tables are named after the class.
+            is_snapshotting_enabled = True
+
+        self.app = BenchApplication(env=self.env)
+        for i in range(30):  # warm up: pool connections, prepared statements
+            self.app.save(BenchAggregate(n=i, text=TEXT))
+        # A separate application, so that scenario 5 keeps the default settings (no snapshot
+        # lookup before each load); it opens its own connection pool (part of scenario 9's RSS).
+        self.snap_app = BenchSnapshottingApplication(env=self.env)
+        for i in range(30):
+            self.snap_app.save(BenchAggregate(n=i, text=TEXT))
+        import eventsourcing
+
+        return {"eventsourcing": getattr(eventsourcing, "__version__", "?"),
+                "recorder": type(self.app.recorder).__name__}
+
+    def setup_writer(self) -> None:
+        # The same Application class, so the same tables as the worker's: writers of several
+        # processes meet the library's table lock, as they would in production. The worker
+        # created the tables; eight processes creating them at once collide in the catalog
+        # ("tuple concurrently updated"), so the writers use the library's switch to skip it.
+        self._define_types()
+        self.app = self.BenchApplication(env={**self.env, "CREATE_TABLE": "no"})
+        self.snap_app = None
+
+    def _define_types(self) -> None:
         from eventsourcing.application import Application
         from eventsourcing.domain import Aggregate, event
 
@@ -342,13 +476,8 @@ class Library(System):
         class BenchApplication(Application):
             pass
 
-        class BenchSnapshottingApplication(BenchApplication):
-            # The snapshot scenario only: the library's documented switch (a snapshot store in
-            # its own table, used by repository.get). Its tables are named after the class.
-            is_snapshotting_enabled = True
-
-        self.BenchAggregate = BenchAggregate
-        env = {
+        self.BenchAggregate, self.BenchApplication = BenchAggregate, BenchApplication
+        self.env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": os.environ["BENCH_LIB_DBNAME"],
             "POSTGRES_HOST": os.environ.get("BENCH_PG_HOST", "localhost"),
@@ -356,24 +485,12 @@ class Library(System):
             "POSTGRES_USER": os.environ.get("BENCH_PG_USER", "postgres"),
             "POSTGRES_PASSWORD": os.environ.get("BENCH_PG_PASSWORD", ""),
         }
-        self.app = BenchApplication(env=env)
-        for i in range(30):  # warm up: pool connections, prepared statements
-            self.app.save(BenchAggregate(n=i, text=TEXT))
-        # A separate application, so that scenario 3 keeps the default settings (no snapshot
-        # lookup before each load); it opens its own connection pool (part of scenario 5's RSS).
-        self.snap_app = BenchSnapshottingApplication(env=env)
-        for i in range(30):
-            self.snap_app.save(BenchAggregate(n=i, text=TEXT))
-        import eventsourcing
-
-        return {"eventsourcing": getattr(eventsourcing, "__version__", "?"),
-                "recorder": type(self.app.recorder).__name__}
 
     def append_new_stream(self, i: int) -> None:
         self.app.save(self.BenchAggregate(n=i, text=TEXT))
 
-    def new_batched_stream(self, i: int) -> Any:
-        return [None]
+    def new_batched_stream(self, i: int, label: str = "batch") -> Any:
+        return [None]  # the library names its aggregates itself (a new UUID)
 
     def append_batch(self, handle: Any, first_n: int, count: int, app: Any = None) -> Any:
         aggregate = handle[0]
@@ -443,6 +560,22 @@ class Library(System):
 
         return append, lambda: None
 
+    def log_pages(self, page: int) -> Iterator[int]:
+        # Both applications' logs (the snapshotting one has its own tables), each in
+        # notification order, as the library's own readers page through them.
+        for app in (self.app, self.snap_app):
+            start = None
+            while True:
+                notifications = app.recorder.select_notifications(start, page)
+                if notifications:
+                    start = notifications[-1].id + 1
+                    yield len(notifications)
+                if len(notifications) < page:
+                    break
+
+    def stored_count(self) -> int:
+        return self.final_check()["stored_events"]
+
     def final_check(self) -> dict:
         stored = 0
         for app in (self.app, self.snap_app):  # the snapshotting application has its own tables
@@ -452,7 +585,8 @@ class Library(System):
         return {"stored_events": stored}
 
     def close(self) -> None:
-        self.snap_app.close()
+        if self.snap_app is not None:
+            self.snap_app.close()
         self.app.close()
 
 
@@ -505,14 +639,14 @@ class Worker:
             return {"count": n, "elapsed_s": elapsed, "flush_s": flush, **latency_summary(latencies)}
         return self._measured("single", body)
 
-    def batched(self, streams: int, per_stream: int, batch: int) -> dict:
+    def batched(self, streams: int, per_stream: int, batch: int, label: str = "batch") -> dict:
         def body() -> dict:
             total = streams * per_stream
-            progress = Progress(f"{self.tag} batched appends", total, " events")
+            progress = Progress(f"{self.tag} appends of {batch}", total, " events")
             latencies, done = [], 0
             t0 = time.perf_counter()
             for s in range(streams):
-                handle = self.system.new_batched_stream(s)
+                handle = self.system.new_batched_stream(s, label)
                 for first in range(0, per_stream, batch):
                     count = min(batch, per_stream - first)
                     b0 = time.perf_counter()
@@ -524,7 +658,7 @@ class Worker:
             flush = self.system.flush()
             return {"count": total, "batches": len(latencies), "elapsed_s": elapsed, "flush_s": flush,
                     **{f"batch_{k}": v for k, v in latency_summary(latencies).items()}}
-        return self._measured("batched", body)
+        return self._measured(label, body)
 
     def _timed_loads(self, fn: Callable[[Any], int], handle: Any, events: int, loads: int,
                      label: str) -> list[float]:
@@ -579,55 +713,82 @@ class Worker:
                     **{f"no_snapshot_load_{k}": v for k, v in before_report.items()}}
         return self._measured("load_snapshot", body)
 
-    def concurrent(self, threads: int, duration: float) -> dict:
+    def read_log(self, page: int, passes: int) -> dict:
+        """Reads the whole log in global order, `page` events per query, `passes` times (the
+        first page once before, untimed): events/s of each pass and the latency of one page."""
+        expected = self.system.stored_count()
+        next(iter(self.system.log_pages(page)), None)  # warm-up: connection, statement, code paths
+
         def body() -> dict:
-            barrier = threading.Barrier(threads + 1)
-            counts, latencies, spans, errors = [0] * threads, [[] for _ in range(threads)], [None] * threads, []
+            rates, latencies = [], []
+            for p in range(passes):
+                pages, total = iter(self.system.log_pages(page)), 0
+                t0 = last = time.perf_counter()
+                for count in pages:
+                    now = time.perf_counter()
+                    latencies.append(now - last)
+                    total += count
+                    last = now
+                elapsed = time.perf_counter() - t0
+                if total != expected:
+                    raise RuntimeError(f"pass {p + 1} read {total} events, the store holds {expected}")
+                rates.append(total / elapsed)
+                log(f"    {self.tag} read {total} events in {elapsed:.2f}s ({total / elapsed:,.0f}/s)")
+            return {"count": expected, "page": page, "passes": passes, "rates": rates,
+                    "rate": statistics.median(rates),
+                    **{f"page_{k}": v for k, v in latency_summary(latencies).items()}}
+        return self._measured("read_log", body)
 
-            def run(index: int) -> None:
-                append, finish = self.system.concurrent_writer(index)
-                try:
-                    append()  # creates the stream and the thread's connection, not counted
-                    barrier.wait()
-                    start = time.perf_counter()
-                    deadline = start + duration
-                    now = start
-                    while now < deadline:
-                        append()
-                        end = time.perf_counter()
-                        latencies[index].append(end - now)
-                        counts[index] += 1
-                        now = end
-                    spans[index] = (start, now)
-                except Exception as exc:  # noqa: BLE001 - reported below
-                    errors.append(f"thread {index}: {exc!r}")
-                    if not barrier.broken:
-                        barrier.abort()
-                finally:
-                    finish()
+    def relay(self, events: int, per_stream: int) -> dict:
+        return self._measured("relay", lambda: self.system.relay_backlog(events, per_stream))
 
-            workers = [threading.Thread(target=run, args=(i,), name=f"bench-{i}") for i in range(threads)]
-            for w in workers:
-                w.start()
-            barrier.wait()
-            log(f"    {self.tag} {threads} threads appending for {duration:g}s")
-            t0 = time.perf_counter()
-            while any(w.is_alive() for w in workers):
-                time.sleep(0.1)
-                if time.perf_counter() - t0 >= 1.0:
-                    t0 = time.perf_counter()
-                    log(f"    {self.tag} concurrent appends so far: {sum(counts)}")
-            for w in workers:
-                w.join()
-            if errors:
-                raise RuntimeError("; ".join(errors))
-            elapsed = max(s[1] for s in spans) - min(s[0] for s in spans)
-            total = sum(counts)
-            log(f"    {self.tag} concurrent appends: {total} in {elapsed:.2f}s")
-            flush = self.system.flush()
-            return {"threads": threads, "count": total, "elapsed_s": elapsed, "flush_s": flush,
-                    "per_thread": counts, **latency_summary([x for lat in latencies for x in lat])}
-        return self._measured("concurrent", body)
+
+def _monotonic() -> float:
+    """A clock every process of the machine shares (CLOCK_MONOTONIC): the orchestrator
+    compares the writers' start and end times."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def serve_writer(which: str, index: int, duration: float) -> None:
+    """One writer process of the concurrent scenario. Builds its own store (ours, with Kafka
+    publishing) or Application (the library), appends until warmed up, says `ready`, waits for
+    `go` on stdin, appends single events to its own stream for `duration` seconds, flushes
+    Kafka (ours) and answers its counts, times and latencies (one JSON line each)."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        system = Ours() if which == "ours" else Library()
+        system.setup_writer()
+        append, finish = system.concurrent_writer(index)
+        for _ in range(5):  # creates the stream; connection, statements and producer warmed up
+            append()
+        system.flush()
+        counters0 = system.counters()
+        protocol.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+        if sys.stdin.readline().strip() != "go":
+            return
+        cpu0 = cpu_seconds()
+        latencies = []
+        start = now = _monotonic()
+        deadline = start + duration
+        while now < deadline:
+            append()
+            end = _monotonic()
+            latencies.append(end - now)
+            now = end
+        flush_s = system.flush()
+        flushed = _monotonic()
+        answer = {"count": len(latencies), "start": start, "end": now, "flushed": flushed, "flush_s": flush_s,
+                  "unpublished": system.unpublished(index),
+                  "client_cpu_s": cpu_seconds() - cpu0, "peak_rss_kb": peak_rss_kb(),
+                  "latencies_ms": [round(x * 1000, 4) for x in latencies],
+                  **{k: v - counters0[k] for k, v in system.counters().items()}}
+        finish()
+        system.close()
+    except Exception:  # noqa: BLE001 - handed to the orchestrator, which stops the run
+        answer = {"error": traceback.format_exc()}
+    protocol.write(json.dumps(answer) + "\n")
 
 
 def serve(which: str) -> None:
@@ -650,6 +811,7 @@ def serve(which: str) -> None:
                 system.close()
             else:
                 answer = getattr(worker, op)(**command)
+            answer.setdefault("peak_rss_kb", peak_rss_kb())
         except Exception:  # noqa: BLE001 - handed to the orchestrator, which stops the run
             answer = {"error": traceback.format_exc()}
         protocol.write(json.dumps(answer) + "\n")
