@@ -13,9 +13,9 @@ predecessor known); Python recomputes it to verify.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii
 from typing import Iterable
 
 from .records import EventMetadata, StoredEvent
@@ -25,27 +25,49 @@ GENESIS_HASH = bytes(32)
 
 def canonical_timestamp(value: datetime) -> str:
     """UTC, microseconds, e.g. 2026-11-29T12:00:00.000000Z."""
-    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"  # without its "+00:00"
 
 
-_HEAD = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+def _json_text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+class DigestHead:
+    """The canonical metadata of the events of one append, for their content digests: the
+    parts every event of the append shares (stream, correlation, causation, actor) are
+    encoded once. The head is the compact ASCII JSON array
+
+        [event_id, stream_id, event_type, schema_version, timestamp, correlation_id,
+         causation_id, actor, data_subject]
+    """
+
+    __slots__ = ("_stream", "_context", "_texts")
+
+    def __init__(self, stream_id: str, correlation_id: str | None, causation_id: str | None,
+                 actor: str | None) -> None:
+        self._stream = _json_text(stream_id)
+        self._context = f"{_json_text(correlation_id)},{_json_text(causation_id)},{_json_text(actor)}"
+        self._texts: dict[str | None, str] = {}  # event types and subjects, encoded once per append
+
+    def _text(self, value: str | None) -> str:
+        text = self._texts.get(value)
+        if text is None:
+            text = self._texts[value] = _json_text(value)
+        return text
+
+    def digest(self, event_id: str, event_type: str, schema_version: int, timestamp: str,
+               data_subject: str | None, payload: bytes) -> bytes:
+        head = (f"[{_json_text(event_id)},{self._stream},{self._text(event_type)},{int(schema_version)},"
+                f"{_json_text(timestamp)},{self._context},{self._text(data_subject)}]")
+        return hashlib.sha256(head.encode("ascii") + b"\n" + payload).digest()
 
 
 def content_digest(metadata: EventMetadata, payload: bytes) -> bytes:
-    head = _HEAD.encode(
-        [
-            metadata.event_id,
-            metadata.stream_id,
-            metadata.event_type,
-            metadata.schema_version,
-            canonical_timestamp(metadata.timestamp),
-            metadata.correlation_id,
-            metadata.causation_id,
-            metadata.actor,
-            metadata.data_subject,
-        ]
-    ).encode("ascii")
-    return hashlib.sha256(head + b"\n" + payload).digest()
+    head = DigestHead(metadata.stream_id, metadata.correlation_id, metadata.causation_id, metadata.actor)
+    return head.digest(metadata.event_id, metadata.event_type, metadata.schema_version,
+                       canonical_timestamp(metadata.timestamp), metadata.data_subject, payload)
 
 
 def next_chain_hash(previous: bytes, version: int, digest: bytes) -> bytes:

@@ -36,7 +36,7 @@ from .errors import (
     first_line,
 )
 from .configured import get_field_protection
-from .integrity import content_digest
+from .integrity import DigestHead, canonical_timestamp
 from .ports import FieldProtection, KafkaCopyReader, Publisher
 from .records import AppendResult, EventMetadata, ExpectedVersion, StoredEvent
 from .recorders import AppendOutcome, DjangoRecorder, PendingEvent
@@ -137,14 +137,11 @@ class EventStore:
         logger.debug("appended %d events to %s (version %d)", len(pending), stream_id, result.last_version)
         if self.publisher is not None:
             first = result.first_version
-            stored = [
-                StoredEvent(
-                    metadata=_metadata(stream_id, first + i, p, outcome.positions[i]),
-                    payload=p.payload,
-                    chain_hash=outcome.chain_hashes[i],
-                )
-                for i, p in enumerate(pending)
-            ]
+            stored = []
+            for i, p in enumerate(pending):
+                meta = p.metadata
+                meta.version, meta.global_position = first + i, outcome.positions[i]
+                stored.append(StoredEvent(metadata=meta, payload=p.payload, chain_hash=outcome.chain_hashes[i]))
             publisher, published, epoch = self.publisher, outcome.published_version, outcome.epoch
             # After the commit, and never failing the append: whatever the producer does, the
             # events are committed and the outbox relay publishes what this hand-off did not.
@@ -201,25 +198,34 @@ class EventStore:
             raise EventStoreError(f"nothing to append to {stream_id}: the list of events is empty")
         pending: list[PendingEvent] = []
         seen: set[uuid.UUID] = set()
+        correlation_id, causation_id, actor = context["correlation_id"], context["causation_id"], context["actor"]
         metadata_bytes = sum(len(v) for v in context.values() if v) + 2 * len(stream_id)
+        # Per append, not per event: what every event shares is checked and encoded once.
+        heads = DigestHead(stream_id, correlation_id, causation_id, actor)
+        classes: dict[type, type[DomainEvent]] = {}
         for event in events:
-            cls = registry.ensure_writable(event)
+            cls = classes.get(type(event))
+            if cls is None:
+                cls = classes[type(event)] = registry.ensure_writable(event)
+            raw_id = event.event_id
             try:
-                event_id = uuid.UUID(str(event.event_id))
+                event_id = raw_id if type(raw_id) is uuid.UUID else uuid.UUID(str(raw_id))
             except ValueError:
-                raise EventStoreError(f"{cls.event_type} has event_id {event.event_id!r}, which is not a UUID") from None
+                raise EventStoreError(f"{cls.event_type} has event_id {raw_id!r}, which is not a UUID") from None
             if event_id in seen:
                 raise DuplicateEventError(f"event id {event_id} appears twice in one append to {stream_id}")
             seen.add(event_id)
             occurred_at = event.occurred_at
             if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
                 raise EventStoreError(f"{cls.event_type}.occurred_at must be a timezone-aware datetime")
-            occurred_at = occurred_at.astimezone(timezone.utc)
+            if occurred_at.tzinfo is not timezone.utc:
+                occurred_at = occurred_at.astimezone(timezone.utc)
+            id_text = str(event_id)
             data = json_data(event)
             subject = None
             if cls.sensitive_fields:
                 subject = data_subject_of(event)
-                data = keys.encrypt(data, cls.sensitive_fields, subject, str(event_id), cls.event_type)
+                data = keys.encrypt(data, cls.sensitive_fields, subject, id_text, cls.event_type)
             payload = canonical_json(data, cls.event_type)
             size = len(payload) + metadata_bytes + len(cls.event_type) + len(subject or "") + _KAFKA_FIXED_OVERHEAD
             if size > self.max_event_bytes:
@@ -228,14 +234,17 @@ class EventStore:
                     f"{self.max_event_bytes} (EVENTSTORE_MAX_EVENT_BYTES); store large content elsewhere "
                     "and put a reference in the event"
                 )
-            metadata = EventMetadata(
-                event_id=str(event_id), stream_id=stream_id, event_type=cls.event_type, version=0,
-                timestamp=occurred_at, schema_version=cls.schema_version, data_subject=subject, **context,
-            )
+            timestamp = canonical_timestamp(occurred_at)
             pending.append(PendingEvent(
                 event_id=event_id, event_type=cls.event_type, schema_version=cls.schema_version,
                 occurred_at=occurred_at, data_subject=subject, payload=payload,
-                digest=content_digest(metadata, payload), **context,
+                digest=heads.digest(id_text, cls.event_type, cls.schema_version, timestamp, subject, payload),
+                correlation_id=correlation_id, causation_id=causation_id, actor=actor,
+                # The record handed to Kafka after the commit (its version and position set then).
+                metadata=EventMetadata(
+                    event_id=id_text, stream_id=stream_id, event_type=cls.event_type, version=0,
+                    timestamp=occurred_at, correlation_id=correlation_id, causation_id=causation_id,
+                    schema_version=cls.schema_version, actor=actor, data_subject=subject),
             ))
         return pending
 
@@ -347,11 +356,3 @@ def _count_appended(stream_type: str, counts: dict[str, int]) -> None:
     for event_type, count in counts.items():
         metrics.EVENTS_APPENDED.labels(stream_type, event_type).inc(count)
 
-
-def _metadata(stream_id: str, version: int, pending: PendingEvent, position: int) -> EventMetadata:
-    return EventMetadata(
-        event_id=str(pending.event_id), stream_id=stream_id, event_type=pending.event_type, version=version,
-        timestamp=pending.occurred_at, correlation_id=pending.correlation_id, causation_id=pending.causation_id,
-        schema_version=pending.schema_version, actor=pending.actor, global_position=position,
-        data_subject=pending.data_subject,
-    )

@@ -59,24 +59,31 @@ PERMANENT_ERRORS = frozenset({
 })
 
 
+_CONTENT_TYPE = ("content_type", b"application/json")
+
+
 def event_headers(stored: StoredEvent) -> list[tuple[str, bytes]]:
     meta = stored.metadata
     headers = [
         ("event_id", meta.event_id.encode()),
         ("stream_id", meta.stream_id.encode()),
-        ("version", str(meta.version).encode()),
+        ("version", b"%d" % meta.version),
         ("event_type", meta.event_type.encode()),
-        ("schema_version", str(meta.schema_version).encode()),
+        ("schema_version", b"%d" % meta.schema_version),
         ("timestamp", canonical_timestamp(meta.timestamp).encode()),
         ("chain_hash", stored.chain_hash.hex().encode()),
-        ("content_type", b"application/json"),
+        _CONTENT_TYPE,
     ]
-    for name in ("correlation_id", "causation_id", "actor", "data_subject"):
-        value = getattr(meta, name)
-        if value is not None:
-            headers.append((name, value.encode()))
+    if meta.correlation_id is not None:
+        headers.append(("correlation_id", meta.correlation_id.encode()))
+    if meta.causation_id is not None:
+        headers.append(("causation_id", meta.causation_id.encode()))
+    if meta.actor is not None:
+        headers.append(("actor", meta.actor.encode()))
+    if meta.data_subject is not None:
+        headers.append(("data_subject", meta.data_subject.encode()))
     if meta.global_position is not None:
-        headers.append(("global_position", str(meta.global_position).encode()))
+        headers.append(("global_position", b"%d" % meta.global_position))
     return headers
 
 
@@ -191,11 +198,16 @@ class EventPublisher:
         if producer is None:
             return False
         refused: set[str] = set()  # a stream with a poison event: nothing after it is sent now
+        routes: dict[str, tuple[str, bytes]] = {}  # stream -> (topic, key), once per stream and call
         for stored in events:
             meta = stored.metadata
             if meta.stream_id in refused:
                 continue
-            topic = self.settings.event_topic(meta.stream_id.split(".", 1)[0])
+            route = routes.get(meta.stream_id)
+            if route is None:
+                route = routes[meta.stream_id] = (self.settings.event_topic(meta.stream_id.split(".", 1)[0]),
+                                                  meta.stream_id.encode())
+            topic, key = route
             epoch = epochs.get(meta.stream_id, 0)
             publication = (meta.global_position, meta.stream_id, meta.version, epoch)
             with self._idle:
@@ -203,7 +215,7 @@ class EventPublisher:
             while True:
                 try:
                     producer.produce(
-                        topic, key=meta.stream_id.encode(), value=stored.payload, headers=event_headers(stored),
+                        topic, key=key, value=stored.payload, headers=event_headers(stored),
                         on_delivery=lambda err, msg, p=publication: self._delivered(err, msg, p),
                     )
                     break

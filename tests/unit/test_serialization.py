@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -18,7 +18,14 @@ from eventsourcing_app.eventstore import (
     deserialize_event,
     registry,
 )
-from eventsourcing_app.eventstore.integrity import GENESIS_HASH, content_digest, next_chain_hash, verify_chain
+from eventsourcing_app.eventstore.integrity import (
+    GENESIS_HASH,
+    DigestHead,
+    canonical_timestamp,
+    content_digest,
+    next_chain_hash,
+    verify_chain,
+)
 from eventsourcing_app.eventstore.serialization import encode_payload, parse_stream_id
 from tests.events import NoteRecorded, ProfileChanged, Unserializable
 
@@ -207,3 +214,27 @@ def test_a_kafka_record_that_is_not_an_event_is_a_clear_error(headers, message):
         stored_event_from_message(FakeRecord(headers))
     with pytest.raises(MalformedEventError, match=message):
         stored_event_from_message(FakeRecord(headers))
+
+
+# Digests of stored events must never change: these were computed by the first implementation
+# (the metadata as one JSON array, encoded by json), before the per-append encoding.
+DIGEST_CASES = [
+    (dict(event_id="0b7e7c2e-3f7a-4a57-9d55-6d1f0a8f7c11", stream_id="child.c-1", event_type="ChildRegistered",
+          version=1, schema_version=1, timestamp=datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)),
+     "5624c29ff1822035abf5af2a0eb5cf0dc5cb20d66359858bafea23a8240c4269"),
+    (dict(event_id="5d1c8a8e-2b64-4c36-8f6e-0d2b1f9a4e22", stream_id="conversation.conv-\u00e9\"x",
+          event_type="MessageRecorded", version=9, schema_version=3,
+          timestamp=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+          correlation_id="req-\u4e2d", causation_id="cause\\1", actor="user:7", data_subject="child:c-\u00fc"),
+     "c862c2d5059111171728d77132ac34285972768da8454309f11859b67ab7748b"),
+]
+
+
+@pytest.mark.parametrize("fields, expected", DIGEST_CASES)
+def test_content_digests_are_those_the_first_implementation_stored(fields, expected):
+    payload = b'{"text":"hi \xc3\xa9"}'
+    assert content_digest(EventMetadata(**fields), payload).hex() == expected
+    # The per-append form the store uses gives the same bytes.
+    head = DigestHead(fields["stream_id"], fields.get("correlation_id"), fields.get("causation_id"), fields.get("actor"))
+    assert head.digest(fields["event_id"], fields["event_type"], fields["schema_version"],
+                       canonical_timestamp(fields["timestamp"]), fields.get("data_subject"), payload).hex() == expected
