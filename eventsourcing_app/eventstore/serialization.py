@@ -191,6 +191,19 @@ def _field_converters(cls: type) -> dict[str, Callable[[Any], Any]]:
     return converters
 
 
+@lru_cache(maxsize=None)
+def _field_names(cls: type[DomainEvent]) -> frozenset[str]:
+    return frozenset(cls.data_field_names())
+
+
+def _where(meta) -> str:
+    """Names a stored event in errors (built only when there is one)."""
+    return f"stream {meta.stream_id} version {meta.version} ({meta.event_type} v{meta.schema_version})"
+
+
+_DECODER = json.JSONDecoder()
+
+
 class EventTypeRegistry:
     """Event classes by (type name, schema version), and the upcasters between versions."""
 
@@ -248,27 +261,31 @@ class EventTypeRegistry:
 
     def decode(self, stored: StoredEvent) -> DomainEvent:
         meta = stored.metadata
-        where = f"stream {meta.stream_id} version {meta.version} ({meta.event_type} v{meta.schema_version})"
         versions = event_classes().get(meta.event_type)
         if not versions:
-            raise UnknownEventTypeError(f"{where}: " + self._unknown_message(meta.event_type))
+            raise UnknownEventTypeError(f"{_where(meta)}: " + self._unknown_message(meta.event_type))
         target = max(versions)
         if meta.schema_version > target:
             raise UnknownEventTypeError(
-                f"{where}: written with schema version {meta.schema_version}, newer than this code knows ({target}); "
-                "deploy the code that defines it"
+                f"{_where(meta)}: written with schema version {meta.schema_version}, newer than this code knows "
+                f"({target}); deploy the code that defines it"
             )
         try:
-            data = json.loads(stored.payload)
+            # Payloads are UTF-8 (canonical_json): decoded as such, without json.loads's guess.
+            payload = stored.payload
+            data = _DECODER.decode(payload.decode("utf-8") if isinstance(payload, (bytes, bytearray)) else payload)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedEventError(f"{where}: payload is not valid JSON ({exc})") from None
+            raise MalformedEventError(f"{_where(meta)}: payload is not valid JSON ({exc})") from None
         if not isinstance(data, dict):
-            raise MalformedEventError(f"{where}: payload is a JSON {type(data).__name__}, expected an object")
+            raise MalformedEventError(f"{_where(meta)}: payload is a JSON {type(data).__name__}, expected an object")
         if meta.data_subject is not None:
             # Erased subject: the encrypted fields read as None.
             data = self.field_protection.open(data, meta.data_subject, stored.subject_key, meta.event_id)
+        if meta.schema_version == target:
+            return self._instantiate(versions[target], data, meta)
 
         # Lift the stored shape one schema version at a time, as a dict or as an object.
+        where = _where(meta)
         version = meta.schema_version
         event: DomainEvent | None = None
         while version < target:
@@ -280,7 +297,7 @@ class EventTypeRegistry:
                 event = None
             elif lift is not None and version in versions:
                 if event is None:
-                    event = self._instantiate(versions[version], data, meta, where)
+                    event = self._instantiate(versions[version], data, meta)
                 event = lift(event)
                 event.event_id, event.occurred_at = meta.event_id, meta.timestamp
             else:
@@ -290,20 +307,20 @@ class EventTypeRegistry:
                     f"newer class a from_v{version} classmethod"
                 )
             version += 1
-        return event if event is not None else self._instantiate(versions[target], data, meta, where)
+        return event if event is not None else self._instantiate(versions[target], data, meta)
 
     @staticmethod
-    def _instantiate(cls: type[DomainEvent], data: dict, meta, where: str) -> DomainEvent:
-        expected = set(cls.data_field_names())
-        unknown = set(data) - expected
-        if unknown:
-            raise MalformedEventError(f"{where}: payload has fields {sorted(unknown)} that {cls.__qualname__} does not define")
-        converters = _field_converters(cls)
+    def _instantiate(cls: type[DomainEvent], data: dict, meta) -> DomainEvent:
+        names, converters = _field_names(cls), _field_converters(cls)
+        if not names.issuperset(data):
+            raise MalformedEventError(f"{_where(meta)}: payload has fields {sorted(set(data) - names)} that "
+                                      f"{cls.__qualname__} does not define")
         try:
-            values = {name: converters[name](value) if name in converters else value for name, value in data.items()}
-            return cls(event_id=meta.event_id, occurred_at=meta.timestamp, **values)
+            if converters:
+                data = {name: converters[name](value) if name in converters else value for name, value in data.items()}
+            return cls(event_id=meta.event_id, occurred_at=meta.timestamp, **data)
         except (TypeError, ValueError, decimal.InvalidOperation) as exc:
-            raise MalformedEventError(f"{where}: payload does not fit {cls.__qualname__} ({exc})") from None
+            raise MalformedEventError(f"{_where(meta)}: payload does not fit {cls.__qualname__} ({exc})") from None
 
     @staticmethod
     def _unknown_message(event_type: str) -> str:

@@ -77,13 +77,19 @@ def encrypt_fields(data: dict, fields: Iterable[str], key: AESGCM | bytes, subje
     return out
 
 
-def decrypt_fields(data: dict, key: AESGCM | bytes | None, subject: str, context: str) -> dict:
-    """A copy of `data` with envelopes opened; with no key (erased subject) they read as None."""
+def sealed_fields(data: dict) -> list[str]:
+    """The fields of `data` that hold envelopes."""
+    return [field for field, value in data.items() if isinstance(value, dict) and value.get(ENVELOPE_MARK) == 1]
+
+
+def decrypt_fields(data: dict, key: AESGCM | bytes | None, subject: str, context: str,
+                   fields: list[str] | None = None) -> dict:
+    """A copy of `data` with envelopes opened (those of `fields`, if the caller found them
+    already); with no key (erased subject) they read as None."""
     out = dict(data)
     aead = _aead(key) if key is not None else None
-    for field, value in data.items():
-        if not is_envelope(value):
-            continue
+    for field in sealed_fields(data) if fields is None else fields:
+        value = data[field]
         if aead is None:
             out[field] = None
             continue

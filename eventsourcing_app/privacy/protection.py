@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..eventstore.errors import MalformedEventError, SubjectErasedError
 from ..eventstore.records import KeyMaterial, NewKey
-from .cipher import decrypt_fields, encrypt_fields, has_envelopes
+from .cipher import decrypt_fields, encrypt_fields, sealed_fields
 from .keys import SubjectKeys
 
 logger = logging.getLogger(__name__)
@@ -73,14 +73,25 @@ class PersonalDataProtection:
     def __init__(self, keys: SubjectKeys, on_erased=None) -> None:
         self.keys = keys
         self.on_erased = on_erased  # tells other processes (a broadcast); set by the composition root
+        # The key of the last key row opened: a load hands every event of a subject the same row
+        # object, so its events after the first skip the key cache and its lock. (The same key as
+        # key_for_reading gives for that row: a row read before an erasure opens as it did.)
+        self._last_opened: tuple[KeyMaterial, AESGCM] | None = None
 
     def for_append(self) -> AppendSession:
         return AppendSession(self.keys)
 
     def open(self, data: dict, subject: str, material: KeyMaterial | None, context: str) -> dict:
-        if not has_envelopes(data):
+        sealed = sealed_fields(data)
+        if not sealed:
             return data
-        return decrypt_fields(data, self.keys.key_for_reading(subject, material), subject, context)
+        last = self._last_opened
+        if last is not None and material is not None and last[0] is material:
+            aead = last[1]
+        else:
+            aead = self.keys.key_for_reading(subject, material)
+            self._last_opened = (material, aead) if material is not None and aead is not None else None
+        return decrypt_fields(data, aead, subject, context, sealed)
 
     def protect(self, data: dict, fields: Sequence[str], subject: str, material: KeyMaterial, context: str) -> dict:
         aead = self.keys.key_for_reading(subject, material)

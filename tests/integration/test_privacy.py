@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -15,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from kafka import KafkaConsumer, TopicPartition
 
-from eventsourcing_app.domain import Child, Conversation, ConversationId, Parent, ParentId
+from eventsourcing_app.domain import Child, Conversation, ConversationId, DomainEvent, Parent, ParentId
 from eventsourcing_app.eventstore import (
     EventSourcingRepositoryImpl,
     get_aggregate_cache,
@@ -228,3 +229,40 @@ def test_a_data_key_rolled_back_with_its_transaction_is_never_used(store):
     assert not SubjectKey.objects.filter(pk=f"child:{child.id}").exists()
     store.append_events_sync(child.stream_id, child.get_domain_events(), expected_version=0)
     assert deserialize_event(store.load_events_sync(child.stream_id)[0]).name == NAME
+
+
+@dataclass
+class SharedNote(DomainEvent, event_type="test.SharedNote"):
+    """A note whose personal text belongs to whichever subject wrote it: one stream, several subjects."""
+
+    writer: str
+    text: str
+
+    data_subject = ("test", "writer")
+    sensitive_fields = ("text",)
+
+
+def test_a_stream_of_several_subjects_loads_each_ones_data_and_an_erasure_hides_only_its_own(store):
+    from django.db import transaction
+
+    from eventsourcing_app.eventstore import deserialize_event
+
+    stream_id, alice, bob = f"test.shared-{uuid.uuid4().hex[:8]}", f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    written = [SharedNote(writer=alice, text="alice 1"), SharedNote(writer=bob, text="bob 1"),
+               SharedNote(writer=alice, text="alice 2"), SharedNote(writer=bob, text="bob 2")]
+    store.append_events_sync(stream_id, written[:1], expected_version=0)
+    store.append_events_sync(stream_id, written[1:], expected_version=1)
+
+    def texts(from_version=1):
+        return [deserialize_event(e).text for e in store.load_events_sync(stream_id, from_version=from_version)]
+
+    assert texts() == ["alice 1", "bob 1", "alice 2", "bob 2"]
+    assert texts(from_version=2) == ["bob 1", "alice 2", "bob 2"]  # the first event loaded is bob's
+
+    protection = store.field_protection
+    with transaction.atomic():
+        assert protection.destroy_keys([f"test:{bob}"]) == [f"test:{bob}"]
+    protection.announce_erasure([f"test:{bob}"])
+    assert texts() == ["alice 1", None, "alice 2", None]
+    assert texts(from_version=2) == [None, "alice 2", None]
+    assert texts(from_version=3) == ["alice 2", None]
