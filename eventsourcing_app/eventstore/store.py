@@ -55,6 +55,7 @@ _KAFKA_FIXED_OVERHEAD = 512
 _KEY_ATTEMPTS = 3
 _TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 _DEADLOCK_ATTEMPTS = 4
+_READ_ALL_MAX = 100_000  # events per read_all call: a page, not the whole log in memory
 
 
 class EventStore:
@@ -283,6 +284,25 @@ class EventStore:
         found = self.kafka_reader([e.kafka_position for e in mirror])
         return [found[e.kafka_position] for e in mirror if e.kafka_position in found]
 
+    def read_all_sync(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """Up to `limit` events of every stream with a global position above `after_position`,
+        in position order: page through the whole log by passing the last event's position.
+
+        Positions are given when an append starts and transactions commit in any order, so an
+        event may appear below a position already read while appends run (the global order has
+        gaps and late arrivals). Reading a log at rest (an export, a check, a rebuild while the
+        writers wait) sees everything; to follow the live log, read Kafka, as the projectors do.
+        """
+        if isinstance(after_position, bool) or not isinstance(after_position, int) or after_position < 0:
+            raise EventStoreError(f"after_position must be a whole number of 0 or more, not {after_position!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _READ_ALL_MAX:
+            raise EventStoreError(f"limit must be a whole number from 1 to {_READ_ALL_MAX:,}, not {limit!r}; "
+                                  "page through the log by passing the last event's position")
+        try:
+            return self.recorder.read_log(after_position, limit)
+        except (OperationalError, InterfaceError) as exc:
+            raise self.connection_lost("while reading the log", exc) from exc
+
     def get_stream_version_sync(self, stream_id: str) -> int:
         """The version of the stream's last event; 0 if the stream has none."""
         self._check_stream(stream_id)
@@ -309,6 +329,9 @@ class EventStore:
                           **options) -> list[StoredEvent]:
         return await sync_to_async(self.load_events_sync, thread_sensitive=False)(
             stream_id, from_version, to_version, **options)
+
+    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        return await sync_to_async(self.read_all_sync, thread_sensitive=False)(after_position, limit)
 
     async def get_stream_version(self, stream_id: str) -> int:
         return await sync_to_async(self.get_stream_version_sync, thread_sensitive=False)(stream_id)

@@ -219,6 +219,33 @@ def test_global_positions_grow_with_versions_inside_a_stream(any_store):
     assert positions == sorted(positions) and len(set(positions)) == 10
 
 
+def test_the_whole_log_is_read_page_by_page_in_position_order_with_each_events_metadata(any_store):
+    from tests.integration.test_privacy import SharedNote
+
+    first, second = unique_stream(), unique_stream()
+    start = Event.objects.order_by("-position").values_list("position", flat=True).first() or 0
+    written = [any_store.append_events_sync(first, notes(3)), any_store.append_events_sync(second, notes(2)),
+               any_store.append_events_sync(first, [SharedNote(writer="log-reader", text="personal")])]
+    expected = [p for result in written for p in result.global_positions]
+    assert any_store.flush(30)  # Kafka positions recorded: the pages and the loads below see the same rows
+
+    read, after = [], start
+    while page := any_store.read_all_sync(after_position=after, limit=2):
+        assert len(page) <= 2
+        read += page
+        after = page[-1].metadata.global_position
+    assert [e.metadata.global_position for e in read] == expected  # nothing else appends meanwhile
+    assert [(e.metadata.stream_id, e.version) for e in read] == [
+        (first, 1), (first, 2), (first, 3), (second, 1), (second, 2), (first, 4)]
+    assert read[:5] == any_store.load_events_sync(first)[:3] + any_store.load_events_sync(second)
+    assert deserialize_event(read[5]).text == "personal"  # its subject's key row came with the page
+    assert asyncio.run(any_store.read_all(after_position=expected[-1])) == []
+    for bad, message in (({"after_position": -1}, "after_position must be"), ({"limit": 0}, "limit must be"),
+                         ({"limit": 100_001}, "page through the log"), ({"after_position": "5"}, "after_position")):
+        with pytest.raises(EventStoreError, match=message):
+            any_store.read_all_sync(**bad)
+
+
 def test_a_postgres_append_is_one_statement(store, monkeypatch):
     import psycopg
 
