@@ -741,8 +741,8 @@ def render(args, plan: Plan, rows: list[Row], results: dict, broker: dict, read_
         "- scenario 5: ours = `EventSourcingRepositoryImpl(cache=False).load_sync` with a `SnapshotStore` snapshot "
         "(`save_snapshot_sync`, state's text encrypted, published to Kafka); library = `repository.get` of an "
         "Application with `is_snapshotting_enabled = True` after `take_snapshot`",
-        "- scenario 6: ours = `recorder.stored_events(<events after a position, by position>[:page])` (each page "
-        "with its subjects' key rows); library = `recorder.select_notifications(start, page)` of both its "
+        "- scenario 6: ours = `store.read_all_sync(after_position=<last>, limit=page)` (each page with its "
+        "subjects' key rows); library = `recorder.select_notifications(start, page)` of both its "
         "applications",
         "- scenario 7: `relay_outbox(store, grace_seconds=0)` (eventsourcing_app/operations/relay.py); "
         "scenario 8: `bench/bench_read_side.py" + (" --smoke" if args.quick else "") + "` in a process of its own",

@@ -345,15 +345,11 @@ class Ours(System):
         return append, connections.close_all  # Django connections are per thread
 
     def log_pages(self, page: int) -> Iterator[int]:
-        # The recorder has no method that reads the log by global position; stored_events()
-        # takes any Event queryset (in its order) and adds each event's key row, as a reader
-        # that decrypts needs. Keyset pages on the primary key.
-        from eventsourcing_app.models import Event
-
+        # The store's own reader of the whole log: keyset pages in global position order, each
+        # event with its subject's key row (as a reader that decrypts needs).
         after = 0
         while True:
-            events = self.store.recorder.stored_events(
-                Event.objects.filter(position__gt=after).order_by("position")[:page])
+            events = self.store.read_all_sync(after_position=after, limit=page)
             if events:
                 after = events[-1].metadata.global_position
                 yield len(events)
