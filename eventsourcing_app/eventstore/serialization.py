@@ -23,6 +23,8 @@ from datetime import date, datetime, timezone
 from functools import lru_cache
 from typing import Any, Callable
 
+import orjson
+
 from ..domain.events import DomainEvent, event_classes
 from .errors import (
     EventSerializationError,
@@ -204,6 +206,16 @@ def _where(meta) -> str:
 _DECODER = json.JSONDecoder()
 
 
+def json_loads(data: bytes | str) -> Any:
+    """Stored JSON read back: orjson, and the json module for what orjson refuses but json
+    reads (integers beyond 64 bits, NaN); what neither reads raises ValueError (or
+    UnicodeDecodeError for bytes that are not UTF-8)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _DECODER.decode(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
+
+
 class EventTypeRegistry:
     """Event classes by (type name, schema version), and the upcasters between versions."""
 
@@ -271,9 +283,7 @@ class EventTypeRegistry:
                 f"({target}); deploy the code that defines it"
             )
         try:
-            # Payloads are UTF-8 (canonical_json): decoded as such, without json.loads's guess.
-            payload = stored.payload
-            data = _DECODER.decode(payload.decode("utf-8") if isinstance(payload, (bytes, bytearray)) else payload)
+            data = json_loads(stored.payload)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedEventError(f"{_where(meta)}: payload is not valid JSON ({exc})") from None
         if not isinstance(data, dict):

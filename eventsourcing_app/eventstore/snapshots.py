@@ -13,7 +13,6 @@ per stream are kept) and by erasure, through the recorder's guarded delete.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +29,7 @@ from .ports import FieldProtection, Publisher
 from .records import KeyMaterial
 from .configured import get_field_protection
 from .recorders import DjangoRecorder, SnapshotRow, recorder_for
-from .serialization import canonical_json, parse_stream_id, subject_name
+from .serialization import canonical_json, json_loads, parse_stream_id, subject_name
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ class SnapshotStore:
         if row.data_subject is not None and (row.subject_key is None or row.subject_key.erased):
             return None  # erased (its snapshots should be gone already): rebuild from events, redacted
         try:
-            state = json.loads(row.state)
+            state = json_loads(row.state)
             if row.data_subject is not None:
                 state = self.field_protection.open(state, row.data_subject, row.subject_key,
                                                    _context(stream_id, row.version))

@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..eventstore.errors import EventSerializationError, MalformedEventError
+from ..eventstore.serialization import json_loads
 
 ENVELOPE_MARK = "$enc"
 NONCE_BYTES = 12
@@ -101,7 +102,7 @@ def decrypt_fields(data: dict, key: AESGCM | bytes | None, subject: str, context
                 f"{context}: field {field} of {subject} does not decrypt with the subject's key (altered bytes, "
                 "or data moved from another record)"
             ) from None
-        out[field] = json.loads(plaintext)
+        out[field] = json_loads(plaintext)
     return out
 
 

@@ -19,7 +19,6 @@ instead of writing twice.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from .. import metrics
 from ..eventstore import get_event_store
 from ..eventstore.errors import first_line
 from ..eventstore.records import StoredEvent
-from ..eventstore.serialization import deserialize_event, parse_stream_id, registry
+from ..eventstore.serialization import deserialize_event, json_loads, parse_stream_id, registry
 from ..observability import event_log_fields
 from .models import DeadLetter, ProjectorCheckpoint, StreamProgress
 from .personal import SubjectKeyRing
@@ -338,7 +337,7 @@ class ProjectionEngine:
                 continue
             try:
                 if meta.event_type in self.clear_only and meta.schema_version == self._current(meta.event_type):
-                    decoded.append((stored, SimpleNamespace(**json.loads(stored.payload))))
+                    decoded.append((stored, SimpleNamespace(**json_loads(stored.payload))))
                     continue
                 if meta.data_subject is not None and stored.subject_key is None:
                     stored.subject_key = keyring.material(meta.data_subject)
