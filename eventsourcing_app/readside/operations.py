@@ -238,20 +238,35 @@ def _start_building(name: str, source: str) -> tuple[int, int]:
         return state.active_generation, state.building_generation
 
 
+def mirror_replay_start(served: dict[str, int] | None, recorded_next: dict[str, int]) -> dict[str, int]:
+    """Where a generation filled from the mirror goes on reading Kafka, per "topic:partition".
+
+    Both inputs are points before which every record is in the mirror scan made after reading
+    them: the served generation's positions, and the offsets after the last ones the mirror
+    recorded. The lower of the two is taken: after `refill_kafka --recreate-topics` the served
+    generation's positions point into the deleted logs, past the ends of the new ones, and
+    starting there would skip every record until the new logs reach them (the mirror's
+    positions point into the new logs: the latest acknowledgement is recorded). A partition the
+    mirror recorded nothing for starts at 0. Records read again are skipped by stream version."""
+    if not served:
+        return dict(recorded_next)
+    return {where: min(offset, recorded_next.get(where, 0)) for where, offset in served.items()} | {
+        where: offset for where, offset in recorded_next.items() if where not in served}
+
+
 def _replay_mirror(cls, generation: int, kafka_settings: KafkaSettings, done: CatchUp,
                    progress: Callable[[CatchUp], None] | None) -> None:
     """Applies every event of the mirror, then sets the Kafka positions from where the consumer
-    goes on: the served generation's positions (every record before them was committed, so the
-    scan, made after reading them, has it), or without one the offsets after the last ones the
-    mirror recorded. Records after those that the scan also had are skipped by stream version."""
+    goes on (mirror_replay_start). Records after those that the scan also had are skipped by
+    stream version."""
     store = get_event_store()
     topics = [kafka_settings.event_topic(t) for t in cls.stream_types]
     served = ProjectorState.objects.filter(name=cls.name).values_list("active_generation", flat=True).first()
-    start = (ProjectorCheckpoint.objects.filter(projector=cls.name, generation=served)
-             .values_list("offsets", flat=True).first()) if served is not None else None
-    if not start:
-        start = {where: offset + 1 for where, offset in store.recorder.last_offsets(topics).items()}
-    start = {where: offset for where, offset in start.items() if where.rsplit(":", 1)[0] in topics}
+    served_offsets = (ProjectorCheckpoint.objects.filter(projector=cls.name, generation=served)
+                      .values_list("offsets", flat=True).first()) if served is not None else None
+    recorded = {where: offset + 1 for where, offset in store.recorder.last_offsets(topics).items()}
+    start = {where: offset for where, offset in mirror_replay_start(served_offsets, recorded).items()
+             if where.rsplit(":", 1)[0] in topics}
     engine = ProjectionEngine(cls, generation)
     for chunk in store.recorder.iter_events_of_types(list(cls.stream_types), settings.PROJECTIONS["BATCH_SIZE"]):
         result = engine.apply_batch(chunk)

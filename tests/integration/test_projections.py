@@ -487,3 +487,22 @@ def test_the_projections_command_reports_and_refuses_bad_names(capsys):
         with pytest.raises(CommandError) as refused:
             call_command("projections", *args)
         assert "profiles" in str(refused.value)  # names the projectors there are
+
+
+def test_a_generation_filled_from_the_mirror_goes_on_from_kafka_where_nothing_is_skipped():
+    from eventsourcing_app.readside.operations import mirror_replay_start
+
+    recorded = {"t.conversation:0": 120, "t.conversation:1": 80}  # after the mirror's last recorded offsets
+    # As usual: the served generation's positions, where they are not past what the mirror recorded.
+    assert mirror_replay_start({"t.conversation:0": 118, "t.conversation:1": 80}, recorded) == {
+        "t.conversation:0": 118, "t.conversation:1": 80}
+    # After `refill_kafka --recreate-topics`: the served positions point into the deleted logs,
+    # far past the new ones; the new generation goes on where the new logs' records begin to be
+    # missing from the scan, not where the old logs ended (which would skip every event until
+    # the new logs grew that far).
+    assert mirror_replay_start({"t.conversation:0": 5_000, "t.conversation:1": 4_000}, recorded) == recorded
+    # A partition the mirror recorded nothing for is read from its start; one only the mirror knows
+    # is read after what it recorded; no served generation: the mirror's.
+    assert mirror_replay_start({"t.conversation:0": 5_000, "t.conversation:2": 7}, {"t.conversation:1": 80}) == {
+        "t.conversation:0": 0, "t.conversation:2": 0, "t.conversation:1": 80}
+    assert mirror_replay_start(None, recorded) == recorded
