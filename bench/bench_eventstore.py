@@ -178,10 +178,12 @@ def proc_status_kb(pid: int, key: str) -> int | None:
 class WorkerProcess:
     """One system under test in its own process (see bench/workers.py)."""
 
-    def __init__(self, which: str, env: dict[str, str]) -> None:
-        self.which = which
+    def __init__(self, which: str, env: dict[str, str], module: str = "bench.bench_eventstore",
+                 stop_timeout: float = 30) -> None:
+        """`module` serves the worker side (`python -m <module> --worker <which>`)."""
+        self.which, self.stop_timeout = which, stop_timeout
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_eventstore", "--worker", which],
+            [sys.executable, "-m", module, "--worker", which],
             cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
 
@@ -200,7 +202,7 @@ class WorkerProcess:
         if self.process.poll() is None:
             try:
                 self.process.stdin.close()
-                self.process.wait(30)
+                self.process.wait(self.stop_timeout)
             except (OSError, subprocess.TimeoutExpired):
                 self.process.kill()
                 self.process.wait(10)

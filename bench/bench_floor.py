@@ -1373,7 +1373,6 @@ def main() -> int:
     started = perf()
     load_start = loadavg()
     timings: dict = {"load_average": {"start": load_start}}
-    import psycopg
 
     log(f"[setup] scratch database {args.db} (load average {load_start})")
     recreate_database(args.pg, args.db)

@@ -57,7 +57,6 @@ import os
 import random
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +65,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -387,31 +387,11 @@ def serve(which: str) -> None:
             break
 
 
-class WorkerProcess:
-    def __init__(self, which: str, env: dict[str, str]) -> None:
-        self.which = which
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.bench_growth", "--worker", which], cwd=REPO,
-                                        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+def growth_worker(which: str, env: dict[str, str]):
+    """A side's worker process (the orchestrator's end of the protocol is bench_eventstore's)."""
+    from bench.bench_eventstore import WorkerProcess
 
-    def call(self, op: str, **params) -> dict:
-        self.process.stdin.write(json.dumps({"op": op, **params}) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.which} worker exited (code {self.process.wait()}) during {op!r}")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"the {self.which} worker failed during {op!r}:\n{answer['error']}")
-        return answer
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.close()
-                self.process.wait(60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait(10)
+    return WorkerProcess(which, env, module="bench.bench_growth", stop_timeout=60)
 
 
 # --- the filler ------------------------------------------------------------------------------
@@ -591,7 +571,7 @@ class Growth:
     """Grows both stores chunk by chunk (the same filler shape on both sides) and plants the
     small streams that the cold loads read."""
 
-    def __init__(self, plan: Plan, stores: dict[str, Store], workers: dict[str, WorkerProcess], seed: int) -> None:
+    def __init__(self, plan: Plan, stores: dict[str, Store], workers: dict[str, Any], seed: int) -> None:
         self.plan, self.stores, self.workers = plan, stores, workers
         self.rng = random.Random(seed)
         self.filler_streams = 0  # filler streams are numbered 1..filler_streams
@@ -807,7 +787,7 @@ def run(args: argparse.Namespace) -> int:
     pg = urlparse(args.pg)
     broker_log = Path(tempfile.gettempdir()) / f"bench-growth-tansu-{os.getpid()}.log"
     broker = None
-    workers: dict[str, WorkerProcess] = {}
+    workers: dict[str, Any] = {}
     stores: dict[str, Store] = {}
     results: list[dict] = []
     fills: list[dict] = []
@@ -835,7 +815,7 @@ def run(args: argparse.Namespace) -> int:
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         for side in SIDES:
-            workers[side] = WorkerProcess(side, env)
+            workers[side] = growth_worker(side, env)
         for side in SIDES:
             t0 = time.perf_counter()
             setup_info[side] = workers[side].call("setup")
@@ -875,6 +855,7 @@ def run(args: argparse.Namespace) -> int:
     broker_log.unlink(missing_ok=True)
     seconds = time.monotonic() - started_wall
     report = render(args, plan, results, fills, setup_info, pg_version, started, seconds, load_start, loadavg())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # --out into a directory not made yet
     Path(args.out).write_text(report)
     log(f"growth: wrote {args.out}")
     chart(args.chart, results)
@@ -1122,6 +1103,7 @@ def chart(path: str, results: list[dict]) -> None:
     figure.text(0.01, 0.01, f"bench/run-growth; 1-minute load average when each size was measured: {loads}",
                 fontsize=7, color="0.4")
     figure.tight_layout(rect=(0, 0.04, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
     log(f"growth: wrote {path}")
