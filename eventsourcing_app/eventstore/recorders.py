@@ -935,19 +935,22 @@ _APPEND_SQL = (
 # erasure is never used again. Joined to the first event only (a stream's events mostly share
 # one subject): a key lookup per event was three quarters of the statement's time. Versions
 # have no gaps, so the first event is the one at the first version asked for.
-_LOAD_SQL = (f"SELECT {', '.join('e.' + c if c != 'event_id' else 'e.event_id::text' for c in LOAD_COLUMNS)}, "
+# The event columns a StoredEvent is built from (the event id as text: cheaper than UUID objects).
+_EVENT_COLUMNS = ", ".join("e." + c if c != "event_id" else "e.event_id::text" for c in LOAD_COLUMNS)
+
+_LOAD_SQL = (f"SELECT {_EVENT_COLUMNS}, "
              "k.wrapped_key, k.master_key_id "
              "FROM eventstore_event e "
              "LEFT JOIN privacy_subject_key k ON k.subject = CASE WHEN e.version = %s THEN e.data_subject END "
              "WHERE e.stream_id = %s AND e.version >= %s AND e.version <= %s ORDER BY e.version")
 
 _READ_LOG_SQL = (
-    f"SELECT e.stream_id, {', '.join('e.' + c if c != 'event_id' else 'e.event_id::text' for c in LOAD_COLUMNS)} "
+    f"SELECT e.stream_id, {_EVENT_COLUMNS} "
     "FROM eventstore_event e WHERE e.position > %s ORDER BY e.position LIMIT %s"
 )
 
 _UNPUBLISHED_SQL = (
-    f"SELECT e.stream_id, {', '.join('e.' + c if c != 'event_id' else 'e.event_id::text' for c in LOAD_COLUMNS)} "
+    f"SELECT e.stream_id, {_EVENT_COLUMNS} "
     "FROM eventstore_event e JOIN eventstore_stream s ON s.stream_id = e.stream_id "
     "WHERE e.stream_id = ANY(%s::text[]) AND e.version > s.published_version "
     "ORDER BY e.stream_id, e.version LIMIT %s"
@@ -998,16 +1001,19 @@ class PostgresRecorder(DjangoRecorder):
         return AppendOutcome(outcome, version, published, tuple(positions or ()), tuple(map(bytes, hashes or ())),
                              detail, epoch)
 
-    def load(self, stream_id: str, from_version: int, to_version: int | None) -> list[StoredEvent]:
+    def _fetch(self, sql: str, params: list) -> list[tuple]:
+        """The rows of a prepared statement, bound server-side and read in binary."""
         db = self.connection()
         with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
             # psycopg's C timestamp loader instead of Django's Python one: the session time
             # zone is UTC, so both give the same instants, this one several times faster.
             cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
-            cursor.execute(_LOAD_SQL, [from_version, stream_id, from_version,
-                                       to_version if to_version is not None else _MAX_VERSION],
-                           prepare=True, binary=True)
-            rows = cursor.fetchall()
+            cursor.execute(sql, params, prepare=True, binary=True)
+            return cursor.fetchall()
+
+    def load(self, stream_id: str, from_version: int, to_version: int | None) -> list[StoredEvent]:
+        rows = self._fetch(_LOAD_SQL, [from_version, stream_id, from_version,
+                                       to_version if to_version is not None else _MAX_VERSION])
         materials: dict[str, KeyMaterial] = {}  # one per subject and load
         if rows and rows[0][9] is not None:
             # No key row reads as an erased key (nothing opens its fields), as it always did.
@@ -1081,22 +1087,14 @@ class PostgresRecorder(DjangoRecorder):
     def read_log(self, after_position: int, limit: int) -> list[StoredEvent]:
         # One binary statement walking the primary key, and the page's key rows in a second
         # (joined per event, the key lookups would cost more than reading the events).
-        db = self.connection()
-        with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
-            cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
-            cursor.execute(_READ_LOG_SQL, [after_position, limit], prepare=True, binary=True)
-            rows = cursor.fetchall()
+        rows = self._fetch(_READ_LOG_SQL, [after_position, limit])
         subject = LOAD_COLUMNS.index("data_subject") + 1
         materials = self.key_materials({row[subject] for row in rows if row[subject] is not None})
         return [row_to_stored_event(row[0], row[1:], materials.get(row[subject])) for row in rows]
 
     def unpublished_events(self, stream_ids: Sequence[str], limit: int) -> list[StoredEvent]:
         # As the portable recorder, in one binary statement (the relay's backlog reads).
-        db = self.connection()
-        with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
-            cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
-            cursor.execute(_UNPUBLISHED_SQL, [list(stream_ids), limit + 1], prepare=True, binary=True)
-            rows = cursor.fetchall()
+        rows = self._fetch(_UNPUBLISHED_SQL, [list(stream_ids), limit + 1])
         return [row_to_stored_event(row[0], row[1:]) for row in _whole_streams(rows, limit)]
 
     @contextlib.contextmanager

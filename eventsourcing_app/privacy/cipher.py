@@ -80,7 +80,7 @@ def encrypt_fields(data: dict, fields: Iterable[str], key: AESGCM | bytes, subje
 
 def sealed_fields(data: dict) -> list[str]:
     """The fields of `data` that hold envelopes."""
-    return [field for field, value in data.items() if isinstance(value, dict) and value.get(ENVELOPE_MARK) == 1]
+    return [field for field, value in data.items() if is_envelope(value)]
 
 
 def decrypt_fields(data: dict, key: AESGCM | bytes | None, subject: str, context: str,
@@ -105,6 +105,3 @@ def decrypt_fields(data: dict, key: AESGCM | bytes | None, subject: str, context
         out[field] = json_loads(plaintext)
     return out
 
-
-def has_envelopes(data: dict) -> bool:
-    return any(is_envelope(value) for value in data.values())
