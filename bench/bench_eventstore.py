@@ -329,6 +329,26 @@ def machine() -> dict[str, str]:
             "kernel": platform.release()}
 
 
+def worker_env(pg: str, db: str, lib_db: str, broker_address: str) -> dict[str, str]:
+    """The environment of a side's worker process: our scratch database and the library's, the
+    benchmark's broker and topics, a throwaway master key (the events carry encrypted personal
+    data)."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "teddy_project.settings",
+        "DATABASE_URL": f"{pg}/{db}",
+        "KAFKA_BOOTSTRAP_SERVERS": broker_address,
+        "KAFKA_TOPIC_PREFIX": "bench-",
+        "KAFKA_PUBLISH_ENABLED": "true",
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),  # not used by the store
+        "EVENTSTORE_STREAM_TYPES": "bench",
+        "LOG_LEVEL": "WARNING",
+        "BENCH_LIB_DBNAME": lib_db,
+        "PYTHONUNBUFFERED": "1",
+        "TEDDY_MASTER_KEYS": base64.b64encode(os.urandom(32)).decode(),
+    }
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -362,21 +382,7 @@ def run(args: argparse.Namespace) -> int:
         broker = start_tansu(log_path=broker_log)
         log(f"bench: [setup] broker on {broker.address} (pid {broker.process.pid}, log {broker_log})")
 
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "teddy_project.settings",
-            "DATABASE_URL": f"{args.pg}/{args.db}",
-            "KAFKA_BOOTSTRAP_SERVERS": broker.address,
-            "KAFKA_TOPIC_PREFIX": "bench-",
-            "KAFKA_PUBLISH_ENABLED": "true",
-            "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),  # not used by the store
-            "EVENTSTORE_STREAM_TYPES": "bench",
-            "LOG_LEVEL": "WARNING",
-            "BENCH_LIB_DBNAME": lib_db,
-            "PYTHONUNBUFFERED": "1",
-            # A throwaway master key: the benchmark's events carry encrypted personal data.
-            "TEDDY_MASTER_KEYS": base64.b64encode(os.urandom(32)).decode(),
-        }
+        env = worker_env(args.pg, args.db, lib_db, broker.address)
         if args.no_kafka:
             env["BENCH_OURS_PUBLISH"] = "0"
         if args.profile:

@@ -1330,22 +1330,13 @@ def environment(args, pg_conn) -> dict:
         "SELECT name, current_setting(name) FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', "
         "'wal_sync_method', 'commit_delay', 'full_page_writes', 'shared_buffers', 'jit', 'checkpoint_timeout', "
         "'max_wal_size') ORDER BY name").fetchall())
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        ram = f"{int(Path('/proc/meminfo').read_text().split()[1]) / 2**20:.1f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        ram = "RAM unknown"
+    from bench.bench_eventstore import machine
+
+    host = machine()
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": os.environ.get("BENCH_COMMAND") or "python -m bench.bench_floor " + " ".join(sys.argv[1:]),
-        "nproc": os.cpu_count(), "cpu": cpu, "ram": ram, "kernel": platform.release(),
+        "nproc": host["nproc"], "cpu": host["cpu"], "ram": f"{host['memory']} RAM", "kernel": host["kernel"],
         "postgres": pg_conn.execute("SELECT version()").fetchone()[0].split(" on ")[0],
         "settings": settings, "python": platform.python_version(), "psycopg": psycopg.__version__,
         "eventsourcing": version("eventsourcing"), "cryptography": cryptography.__version__,

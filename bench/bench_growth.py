@@ -48,7 +48,6 @@ construction), commits asynchronously and compresses full-page images in the WAL
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
 import hashlib
 import itertools
@@ -766,7 +765,7 @@ def describe(answer: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.bench_eventstore import drop_database, loadavg, recreate_database, server_version
+    from bench.bench_eventstore import drop_database, loadavg, recreate_database, server_version, worker_env
     from bench.bench_metrics_gauges import product_code
 
     plan: Plan = args.plan
@@ -795,24 +794,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         broker = start_tansu(log_path=broker_log)
         log(f"growth: Tansu broker on {broker.address} (pid {broker.process.pid})")
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "teddy_project.settings",
-            "DATABASE_URL": f"{args.pg}/{args.db}",
-            "KAFKA_BOOTSTRAP_SERVERS": broker.address,
-            "KAFKA_TOPIC_PREFIX": "bench-",
-            "KAFKA_PUBLISH_ENABLED": "true",
-            "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-            "EVENTSTORE_STREAM_TYPES": "bench",
-            "LOG_LEVEL": "WARNING",
-            "BENCH_LIB_DBNAME": lib_db,
-            "BENCH_PG_HOST": pg.hostname or "localhost",
-            "BENCH_PG_PORT": str(pg.port or 5432),
-            "BENCH_PG_USER": pg.username or "postgres",
-            "BENCH_PG_PASSWORD": pg.password or "",
-            "PYTHONUNBUFFERED": "1",
-            "TEDDY_MASTER_KEYS": base64.b64encode(os.urandom(32)).decode(),  # a throwaway master key
-        }
+        env = {**worker_env(args.pg, args.db, lib_db, broker.address),
+               "BENCH_PG_HOST": pg.hostname or "localhost", "BENCH_PG_PORT": str(pg.port or 5432),
+               "BENCH_PG_USER": pg.username or "postgres", "BENCH_PG_PASSWORD": pg.password or ""}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         for side in SIDES:
             workers[side] = growth_worker(side, env)
